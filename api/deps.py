@@ -1,0 +1,47 @@
+"""FastAPI dependencies: settings, Temporal client, object store, the caller's API key.
+
+Everything comes from `app.state`, set by the app factory's lifespan, so tests can build an app
+with their own `Settings` (or override a dependency) without touching the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from temporalio.client import Client
+
+from api.errors import ApiError
+from videogen.settings import ApiKey, Settings
+from videogen.storage import ObjectStore
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_client(request: Request) -> Client:
+    return request.app.state.client
+
+
+def get_store(request: Request) -> ObjectStore:
+    return request.app.state.store
+
+
+def current_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`",
+                       code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+    key = settings.keys.get(token.strip())
+    if key is None:
+        raise ApiError(401, "invalid API key", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClientDep = Annotated[Client, Depends(get_client)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+KeyDep = Annotated[ApiKey, Depends(current_key)]

@@ -1,0 +1,35 @@
+"""Liveness/readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
+from api.deps import ClientDep, StoreDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz(client: ClientDep, store: StoreDep, response: Response) -> dict[str, object]:
+    """200 when Temporal answers; 503 otherwise, so a load balancer stops sending traffic."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(
+            client.workflow_service.get_system_info(GetSystemInfoRequest()), timeout=3
+        )
+        checks["temporal"] = "ok"
+    except Exception as err:
+        checks["temporal"] = f"error: {err}"
+    ok = all(v == "ok" for v in checks.values())
+    response.status_code = 200 if ok else 503
+    return {"status": "ok" if ok else "unavailable", "checks": checks,
+            "storage": store.describe()}
+
+
+@router.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,217 @@
+"""The `/v1/videos` resource: create, retrieve, list, content, cancel, delete.
+
+Input is validated here, once, at the edge: generic checks by the pydantic body model, model
+limits (sizes, lengths, steps) against the model's spec, each error naming the field and the
+allowed values. A job that passes is a workflow start; everything after that is Temporal's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from prometheus_client import Counter
+from pydantic import ValidationError
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
+
+from api import jobs
+from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
+from api.errors import ApiError, validation_error
+from api.schemas import CreateVideoBody, Video, VideoDeleted, VideoList
+from videogen import contracts as c
+from videogen.catalog import ModelSpec
+from videogen.settings import ApiKey, Settings
+from videogen.storage import NotFound
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+JOBS_SUBMITTED = Counter("videogen_jobs_submitted_total", "Jobs accepted", ["tier", "model"])
+
+
+async def _read_body(request: Request) -> dict[str, Any]:
+    """JSON, multipart or url-encoded form (the OpenAI SDK sends multipart) as one dict."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        form = await request.form()
+        out: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if not isinstance(value, str):
+                raise ApiError(400, f"{name}: file uploads are not supported; "
+                               "input_reference is not available for text-to-video", param=name)
+            out[name] = value
+        if "metadata" in out:
+            try:
+                out["metadata"] = json.loads(out["metadata"])
+            except json.JSONDecodeError:
+                raise ApiError(400, "metadata: must be a JSON object of strings in a form "
+                               "field", param="metadata") from None
+        return out
+    if ctype not in ("application/json", ""):
+        raise ApiError(415, f"unsupported content type {ctype!r}; send application/json or "
+                       "multipart/form-data", code="unsupported_media_type")
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError(400, f"request body is not valid JSON: {err}", code="invalid_json") \
+            from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.VideoRequest:
+    """Check the body against the model's limits and fill in the model's defaults."""
+    spec: ModelSpec = settings.model_spec
+    model = body.model or spec.name
+    if model != spec.name:
+        raise ApiError(400, f"model: {model!r} is not served here; allowed: {spec.name}",
+                       param="model", code="unsupported_model")
+    size = (body.size or spec.default_size).lower()
+    if size not in spec.sizes:
+        raise ApiError(400, f"size: {size!r} is not supported by {spec.name}; allowed: "
+                       f"{', '.join(spec.sizes)}", param="size", code="unsupported_size")
+    seconds = body.seconds if body.seconds is not None else spec.default_seconds
+    if seconds not in spec.seconds:
+        raise ApiError(400, f"seconds: {seconds} is not supported by {spec.name}; allowed: "
+                       f"{', '.join(map(str, spec.seconds))}", param="seconds",
+                       code="unsupported_seconds")
+    steps = body.num_inference_steps or spec.default_steps
+    if steps > spec.max_steps:
+        raise ApiError(400, f"num_inference_steps: at most {spec.max_steps} for {spec.name}",
+                       param="num_inference_steps", code="invalid_value")
+    if body.webhook_url is not None:
+        raise ApiError(400, "webhook_url: webhooks are not available yet; poll GET "
+                       "/v1/videos/{id} instead", param="webhook_url", code="unsupported")
+    width, height = spec.parse_size(size)
+    return c.VideoRequest(
+        job_id=jobs.new_job_id(),
+        user=key.user,
+        tier=key.tier,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        model=spec.name,
+        # A job without a seed still gets one, recorded, so it can be reproduced.
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        width=width,
+        height=height,
+        seconds=seconds,
+        fps=spec.fps,
+        num_frames=spec.num_frames(seconds),
+        num_inference_steps=steps,
+        guidance_scale=spec.guidance_scale,
+        gpu_task_queue=settings.gpu_task_queue(spec.name),
+        cpu_task_queue=settings.cpu_task_queue,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        progress_interval_s=settings.progress_interval_s,
+        gpu_start_timeout_s=settings.gpu_start_timeout_s,
+        metadata=body.metadata or {},
+    )
+
+
+@router.post("", response_model=Video)
+async def create_video(request: Request, key: KeyDep, settings: SettingsDep,
+                       client: ClientDep, store: StoreDep) -> Video:
+    raw = await _read_body(request)
+    try:
+        body = CreateVideoBody.model_validate(raw)
+    except ValidationError as err:
+        raise validation_error(err) from None
+    req = _build_request(body, key, settings)
+    await jobs.start(client, req, key)
+    JOBS_SUBMITTED.labels(tier=key.tier, model=req.model).inc()
+    handle, ex = await jobs.owned_handle(client, store, req.job_id, key)
+    return await jobs.to_video(handle, ex, live=False)
+
+
+@router.get("", response_model=VideoList)
+async def list_videos(
+    key: KeyDep,
+    client: ClientDep,
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> VideoList:
+    videos, cursor = await jobs.list_page(client, store, key, limit, after)
+    return VideoList(
+        data=videos,
+        first_id=videos[0].id if videos else None,
+        last_id=videos[-1].id if videos else None,
+        has_more=cursor is not None,
+        next_cursor=cursor,
+    )
+
+
+@router.get("/{video_id}", response_model=Video)
+async def retrieve_video(video_id: str, key: KeyDep, client: ClientDep,
+                         store: StoreDep) -> Video:
+    handle, ex = await jobs.owned_handle(client, store, video_id, key)
+    return await jobs.to_video(handle, ex)
+
+
+@router.get("/{video_id}/content")
+async def download_content(
+    video_id: str,
+    key: KeyDep,
+    client: ClientDep,
+    store: StoreDep,
+    variant: Annotated[str, Query(description="video | thumbnail | spritesheet")] = "video",
+) -> StreamingResponse:
+    if variant not in c.VARIANTS:
+        raise ApiError(400, f"variant: {variant!r} is not one of {', '.join(c.VARIANTS)}",
+                       param="variant", code="invalid_value")
+    _, ex = await jobs.owned_handle(client, store, video_id, key)
+    if ex.status != WorkflowExecutionStatus.COMPLETED:
+        raise ApiError(409, f"video {video_id} is not completed; its content is available once "
+                       "status is 'completed'", code="video_not_ready")
+    name, media_type = c.VARIANTS[variant]
+    obj = c.outputs_prefix(video_id) + name
+    try:
+        size = await asyncio.to_thread(store.size, obj)
+    except NotFound:
+        raise ApiError(404, f"the {variant} of video {video_id} is no longer stored",
+                       code="content_gone") from None
+    ext = name.rsplit(".", 1)[-1]
+    return StreamingResponse(
+        store.iter_chunks(obj),
+        media_type=media_type,
+        headers={"Content-Length": str(size),
+                 "Content-Disposition": f'attachment; filename="{video_id}.{ext}"'},
+    )
+
+
+@router.post("/{video_id}/cancel", response_model=Video)
+async def cancel_video(video_id: str, key: KeyDep, client: ClientDep,
+                       store: StoreDep) -> Video:
+    handle, ex = await jobs.owned_handle(client, store, video_id, key)
+    await jobs.cancel(handle, ex)
+    handle, ex = await jobs.owned_handle(client, store, video_id, key)
+    return await jobs.to_video(handle, ex)
+
+
+@router.delete("/{video_id}", response_model=VideoDeleted)
+async def delete_video(video_id: str, key: KeyDep, client: ClientDep,
+                       store: StoreDep) -> VideoDeleted:
+    _, ex = await jobs.owned_handle(client, store, video_id, key)
+    if ex.status == WorkflowExecutionStatus.RUNNING:
+        raise ApiError(409, f"video {video_id} is still running; cancel it first "
+                       f"(POST /v1/videos/{video_id}/cancel)", code="video_running")
+
+    def remove() -> None:
+        # Tombstone first: from here on the job is gone for the API, whatever fails next.
+        store.put(c.tombstone_key(video_id), b"")
+        store.delete_prefix(c.outputs_prefix(video_id))
+        store.delete_prefix(c.frames_prefix(video_id))
+
+    await asyncio.to_thread(remove)
+    try:
+        await jobs.delete_execution(client, ex)
+    except RPCError as err:  # already being deleted: the assets are gone, which is what counts
+        if "not found" not in str(err).lower():
+            raise
+    return VideoDeleted(id=video_id)

@@ -1,0 +1,88 @@
+"""Request and response shapes of the Videos API (the OpenAI Videos API, plus extensions)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT = 4000
+MAX_METADATA_KEYS = 16
+
+
+class CreateVideoBody(BaseModel):
+    """`POST /v1/videos`, as JSON or form fields. Model-specific limits are checked after."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=MAX_PROMPT)
+    model: str | None = None
+    seconds: int | None = Field(None, description="Clip length; allowed values depend on model.")
+    size: str | None = Field(None, description="WIDTHxHEIGHT, e.g. 256x256.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT)
+    num_inference_steps: int | None = Field(None, ge=1, le=500)
+    webhook_url: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty; describe the video to generate")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and len(v) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+        if v and any(len(k) > 64 or len(val) > 512 for k, val in v.items()):
+            raise ValueError("keys are at most 64 characters, values at most 512")
+        return v
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+
+
+class Video(BaseModel):
+    id: str
+    object: Literal["video"] = "video"
+    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+    progress: int = 0
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    model: str
+    prompt: str
+    seconds: str
+    size: str
+    error: VideoError | None = None
+    remixed_from_video_id: str | None = None
+    # Extensions: what a spot-GPU render is doing right now.
+    phase: str = "queued"
+    step: int = 0
+    total_steps: int = 0
+    attempt: int = 0
+    resumed_from_step: int | None = None
+    queue_position: int | None = None
+    seed: int
+    negative_prompt: str = ""
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Video]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+    next_cursor: str | None = Field(None, description="Pass as `after` for the next page.")
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True

@@ -1,0 +1,62 @@
+"""Shared fixtures: one real embedded stack (Temporal dev server, API, CPU and GPU workers as
+child processes, exactly as `videogen up` runs them) for the whole test session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from videogen.devserver import free_port
+from videogen.settings import DEV_API_KEY
+from videogen.stack import Stack
+
+OTHER_KEY = "other-key"
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("stack")
+    s = Stack(
+        data_dir=data,
+        api_port=free_port(),
+        temporal_port=free_port(),
+        ui_port=None,
+        gpu_workers=1,
+        log_dir=data / "logs",
+        env={
+            "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{OTHER_KEY}:other:free",
+            "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
+            "VIDEOGEN_TASK_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
+        },
+    )
+    try:
+        s.start(timeout_s=180)
+    except Exception:
+        _dump_logs(data / "logs")
+        raise
+    yield s
+    s.stop()
+    if request.session.testsfailed:
+        _dump_logs(data / "logs")  # the child processes' side of a failure
+
+
+def _dump_logs(log_dir: Path) -> None:
+    for f in sorted(log_dir.glob("*.log")):
+        print(f"----- {f.name} -----\n{f.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=30,
+                      headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as c:
+        yield c
+
+
+@pytest.fixture
+def other_api(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=30,
+                      headers={"Authorization": f"Bearer {OTHER_KEY}"}) as c:
+        yield c

@@ -1,0 +1,51 @@
+"""Settings and model catalog: defaults that work, and clear errors for bad configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from videogen import catalog
+from videogen.settings import DEV_API_KEY, Settings
+
+
+def test_defaults_work_for_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VIDEOGEN_API_KEYS", "VIDEOGEN_STORAGE_URL", "VIDEOGEN_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.keys[DEV_API_KEY].tier == "paid"
+    assert s.resolved_storage_url.startswith("file:///") and s.resolved_storage_url.endswith(
+        "/.data/objects")
+    assert s.model_spec is catalog.TINY_SPEC
+    assert s.gpu_task_queue("videogen-tiny") == "videogen-gpu-videogen-tiny"
+
+
+@pytest.mark.parametrize(("raw", "fragment"), [
+    ("k:u", "key:user:tier"),
+    ("k:u:gold", "allowed tiers: internal, paid, free"),
+    ("k::paid", "key:user:tier"),
+])
+def test_bad_api_keys_say_what_is_wrong(raw: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        Settings(api_keys=raw).keys  # noqa: B018
+
+
+def test_several_keys_and_users() -> None:
+    keys = Settings(api_keys="a:alice:free, b:bob:internal,").keys
+    assert {k: (v.user, v.tier) for k, v in keys.items()} == {
+        "a": ("alice", "free"), "b": ("bob", "internal")}
+
+
+def test_local_model_dir_gets_wan_limits(tmp_path: Path) -> None:
+    spec = Settings(model=str(tmp_path / "Wan2.1-T2V-1.3B-Diffusers")).model_spec
+    assert spec.name == "Wan2.1-T2V-1.3B-Diffusers" and spec.path
+    assert "832x480" in spec.sizes and spec.num_frames(5) == 81
+
+
+def test_tiny_spec_frames_are_4k_plus_1() -> None:
+    for seconds in catalog.TINY_SPEC.seconds:
+        assert (catalog.TINY_SPEC.num_frames(seconds) - 1) % 4 == 0
+    for size in catalog.TINY_SPEC.sizes:
+        w, h = catalog.ModelSpec.parse_size(size)
+        assert w % 16 == 0 and h % 16 == 0

@@ -1,0 +1,404 @@
+"""The `videogen` command: run the stack or its parts, and use the API from a terminal.
+
+Process commands: `up`, `demo`, `temporal`, `api`, `worker gpu|cpu`.
+Client commands (over HTTP, `VIDEOGEN_API_URL` / `VIDEOGEN_API_KEY`): `submit`, `status`,
+`cancel`, `download`, `list`. Operator command: `replay` (a history through the workflow code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from videogen.settings import DEV_API_KEY
+
+if TYPE_CHECKING:
+    from videogen.settings import Settings
+    from videogen.stack import Stack
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class CliError(Exception):
+    pass
+
+
+# --- HTTP client commands -------------------------------------------------------------------
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    return httpx.Client(
+        base_url=args.api_url,
+        headers={"Authorization": f"Bearer {args.api_key}"},
+        timeout=httpx.Timeout(30.0),
+    )
+
+
+def _call(http: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
+    try:
+        resp = http.request(method, path, **kw)
+    except httpx.HTTPError as err:
+        raise CliError(f"cannot reach the API at {http.base_url}: {err}. Is it running "
+                       "(`videogen up`)? Set VIDEOGEN_API_URL for another address.") from None
+    if resp.status_code >= 400:
+        try:
+            msg = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = resp.text[:500]
+        raise CliError(f"HTTP {resp.status_code}: {msg}")
+    return resp
+
+
+def _line(v: dict[str, Any]) -> str:
+    extra = ""
+    if v["status"] == "in_progress":
+        extra = f" {v['phase']} step {v['step']}/{v['total_steps']} attempt {v['attempt']}"
+    if v.get("error"):
+        extra = f" {v['error']['code']}: {v['error']['message']}"
+    return f"{v['id']}  {v['status']:<11} {v['progress']:>3}%{extra}  {v['prompt'][:50]!r}"
+
+
+def wait_with_progress(http: httpx.Client, video_id: str, quiet: bool = False) -> dict[str, Any]:
+    """Poll the job until it ends, drawing a progress bar (phase, step, attempt)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, transient=False, disable=quiet) as bar:
+        task = bar.add_task("queued", total=100)
+        while True:
+            v = _call(http, "GET", f"/v1/videos/{video_id}").json()
+            desc = v["phase"]
+            if v["phase"] == "denoising":
+                desc = f"denoising step {v['step']}/{v['total_steps']}"
+            if v.get("resumed_from_step") is not None:
+                desc += f" (resumed from step {v['resumed_from_step']})"
+            if v["attempt"] > 1:
+                desc += f" attempt {v['attempt']}"
+            bar.update(task, completed=v["progress"], description=desc)
+            if v["status"] in TERMINAL:
+                return v
+            time.sleep(0.25)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"prompt": args.prompt}
+    for name in ("model", "size", "seconds", "seed", "negative_prompt"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.steps is not None:
+        body["num_inference_steps"] = args.steps
+    with _client(args) as http:
+        v = _call(http, "POST", "/v1/videos", json=body).json()
+        print(v["id"])
+        if not args.wait:
+            return 0
+        v = wait_with_progress(http, v["id"])
+        print(_line(v))
+        if v["status"] != "completed":
+            return 1
+        if args.output:
+            _download(http, v["id"], "video", Path(args.output))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        v = _call(http, "GET", f"/v1/videos/{args.id}").json()
+    print(json.dumps(v, indent=2) if args.json else _line(v))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        print(_line(_call(http, "POST", f"/v1/videos/{args.id}/cancel").json()))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        page = _call(http, "GET", "/v1/videos", params={"limit": args.limit}).json()
+    for v in page["data"]:
+        print(_line(v))
+    return 0
+
+
+def _download(http: httpx.Client, video_id: str, variant: str, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    with http.stream("GET", f"/v1/videos/{video_id}/content",
+                     params={"variant": variant}) as resp:
+        if resp.status_code >= 400:
+            resp.read()
+            _call(http, "GET", f"/v1/videos/{video_id}/content", params={"variant": variant})
+        with open(tmp, "wb") as f:
+            for chunk in resp.iter_bytes():
+                f.write(chunk)
+    tmp.replace(out)
+    return out
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    ext = {"video": "mp4", "thumbnail": "png", "spritesheet": "jpg"}[args.variant]
+    out = Path(args.output or f"{args.id}.{ext}")
+    with _client(args) as http:
+        print(_download(http, args.id, args.variant, out))
+    return 0
+
+
+# --- process commands -----------------------------------------------------------------------
+
+def _settings() -> Settings:
+    # Imported lazily: client commands start fast and need no settings.
+    from videogen.settings import Settings
+
+    return Settings()
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from videogen import logs
+
+    logs.configure()
+    settings = _settings()
+    uvicorn.run(create_app(settings), host=args.host or settings.api_host,
+                port=args.port or settings.api_port, log_level="warning")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from videogen import logs
+
+    logs.configure()
+    if args.kind == "gpu":
+        from worker_gpu.main import run
+    else:
+        from worker_cpu.main import run
+    asyncio.run(run(_settings()))
+    return 0
+
+
+def cmd_temporal(args: argparse.Namespace) -> int:
+    from videogen.devserver import DevServer
+
+    data_dir = Path(args.data_dir)
+    server = DevServer(db_file=data_dir / "temporal.db", port=args.temporal_port,
+                       ui_port=args.ui_port, log_file=data_dir / "temporal.log").start()
+    print(f"Temporal at {server.address}, Web UI at {server.ui_url}; Ctrl-C stops it")
+    try:
+        assert server.process is not None
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def _stack(args: argparse.Namespace, log_dir: Path | None) -> Stack:
+    from videogen.stack import Stack
+
+    return Stack(data_dir=Path(args.data_dir), api_port=args.api_port,
+                 temporal_port=args.temporal_port, ui_port=args.ui_port,
+                 gpu_workers=args.gpu_workers, log_dir=log_dir)
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop a stack we started (also when started in the background,
+    where SIGINT arrives ignored)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _stop_on_signals()
+    stack = _stack(args, None)
+    stack.start()
+    print(f"\nvideogen is up:\n  API        {stack.api_url}  (key: {DEV_API_KEY})\n"
+          f"  Temporal   127.0.0.1:{args.temporal_port}\n"
+          f"  Web UI     http://127.0.0.1:{args.ui_port}\n  data       {stack.data_dir}\n"
+          "Ctrl-C stops everything.", file=sys.stderr)
+    try:
+        while True:
+            stack.check()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping...", file=sys.stderr)
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from activities.media import probe_mp4
+
+    _stop_on_signals()
+    data_dir = Path(args.data_dir)
+    stack = _stack(args, data_dir / "logs")
+    print(f"starting the embedded stack (logs in {data_dir / 'logs'}) ...")
+    stack.start()
+    try:
+        http = httpx.Client(base_url=stack.api_url, timeout=30,
+                            headers={"Authorization": f"Bearer {DEV_API_KEY}"})
+        body: dict[str, Any] = {"prompt": args.prompt}
+        if args.seed is not None:
+            body["seed"] = args.seed
+        v = _call(http, "POST", "/v1/videos", json=body).json()
+        print(f"submitted {v['id']}: {v['size']}, {v['seconds']} s, "
+              f"{v['total_steps']} steps, seed {v['seed']}")
+        print(f"watch it in the Temporal Web UI: http://127.0.0.1:{args.ui_port}"
+              f"/namespaces/default/workflows/{v['id']}")
+        v = wait_with_progress(http, v["id"])
+        if v["status"] != "completed":
+            raise CliError(f"the job ended {v['status']}: {v.get('error')}")
+        out = _download(http, v["id"], "video", Path(args.output_dir) / f"{v['id']}.mp4")
+        info = probe_mp4(out.read_bytes())
+        print(f"wrote {out.resolve()}: {info.frames} frames, {info.width}x{info.height}, "
+              f"{info.fps:g} fps, {info.codec}/{info.pix_fmt}, {out.stat().st_size} bytes")
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from temporalio.client import WorkflowHistory
+    from temporalio.worker import Replayer
+
+    from videogen.temporal import connect
+    from workflows.video import VideoGeneration
+
+    async def run() -> None:
+        replayer = Replayer(workflows=[VideoGeneration])
+        if args.history:
+            text = Path(args.history).read_text()
+            history = WorkflowHistory.from_json(args.workflow_id or "replayed", text)
+        else:
+            client = await connect()
+            history = await client.get_workflow_handle(args.workflow_id).fetch_history()
+        await replayer.replay_workflow(history)
+
+    try:
+        asyncio.run(run())
+    except Exception as err:
+        raise CliError(f"replay failed: {type(err).__name__}: {err}") from None
+    print("replay ok: the workflow code reproduces the recorded history")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="videogen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def client_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--api-url", default=os.environ.get("VIDEOGEN_API_URL", DEFAULT_API_URL))
+        sp.add_argument("--api-key", default=os.environ.get("VIDEOGEN_API_KEY", DEV_API_KEY))
+        return sp
+
+    def stack_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-dir", default=os.environ.get("VIDEOGEN_DATA_DIR", ".data"))
+        sp.add_argument("--api-port", type=int, default=8000)
+        sp.add_argument("--temporal-port", type=int, default=7233)
+        sp.add_argument("--ui-port", type=int, default=8233)
+        sp.add_argument("--gpu-workers", type=int, default=1)
+
+    sp = sub.add_parser("up", help="run the whole embedded stack in the foreground")
+    stack_args(sp)
+    sp.set_defaults(func=cmd_up)
+
+    sp = sub.add_parser("demo", help="start the stack, generate one video, stop")
+    stack_args(sp)
+    sp.add_argument("--prompt", default="a red fox running through fresh snow")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--output-dir", default="out")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("temporal", help="run only the embedded Temporal dev server")
+    sp.add_argument("--data-dir", default=os.environ.get("VIDEOGEN_DATA_DIR", ".data"))
+    sp.add_argument("--temporal-port", type=int, default=7233)
+    sp.add_argument("--ui-port", type=int, default=8233)
+    sp.set_defaults(func=cmd_temporal)
+
+    sp = sub.add_parser("api", help="run the HTTP API (uvicorn)")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.set_defaults(func=cmd_api)
+
+    sp = sub.add_parser("worker", help="run a worker process")
+    sp.add_argument("kind", choices=["gpu", "cpu"])
+    sp.set_defaults(func=cmd_worker)
+
+    sp = client_cmd("submit", "submit a prompt")
+    sp.add_argument("prompt")
+    sp.add_argument("--model")
+    sp.add_argument("--size", help="WIDTHxHEIGHT")
+    sp.add_argument("--seconds", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--steps", type=int, help="num_inference_steps")
+    sp.add_argument("--negative-prompt")
+    sp.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    sp.add_argument("-o", "--output", help="with --wait: write the MP4 here")
+    sp.set_defaults(func=cmd_submit)
+
+    sp = client_cmd("status", "show a job")
+    sp.add_argument("id")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+
+    sp = client_cmd("cancel", "cancel a queued or running job")
+    sp.add_argument("id")
+    sp.set_defaults(func=cmd_cancel)
+
+    sp = client_cmd("download", "download a finished video (or its thumbnail/spritesheet)")
+    sp.add_argument("id")
+    sp.add_argument("--variant", choices=["video", "thumbnail", "spritesheet"], default="video")
+    sp.add_argument("-o", "--output")
+    sp.set_defaults(func=cmd_download)
+
+    sp = client_cmd("list", "list your jobs, newest first")
+    sp.add_argument("--limit", type=int, default=20)
+    sp.set_defaults(func=cmd_list)
+
+    sp = sub.add_parser("replay", help="replay a workflow history against the current code")
+    sp.add_argument("history", nargs="?", help="JSON from `temporal workflow show -o json`")
+    sp.add_argument("--workflow-id", help="fetch this workflow's history from Temporal")
+    sp.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "replay" and not (args.history or args.workflow_id):
+        build_parser().error("replay needs a history file or --workflow-id")
+    try:
+        code = args.func(args)
+    except CliError as err:
+        print(f"videogen: {err}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The Temporal SDK can abort at interpreter exit in short-lived processes (sdk-python #300);
+    # leave without running finalizers so a finished command never ends in a crash message.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Inputs and outputs of the workflow and its activities, plus the object-store key layout.
+
+Plain dataclasses (one argument per workflow/activity, as Temporal recommends) so that fields
+can be added later with defaults without breaking running workflows. No heavy imports: the
+workflow sandbox and the API import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Temporal names shared by the API, the workers and operators (`temporal workflow ...`).
+WORKFLOW_NAME = "VideoGeneration"
+ACTIVITY_GENERATE = "generate_video"
+ACTIVITY_ENCODE = "encode_video"
+ACTIVITY_CLEANUP = "cleanup_job"
+SIGNAL_PROGRESS = "report_progress"
+QUERY_STATUS = "status"
+
+# Search attributes registered on the embedded dev server (see videogen.devserver).
+SA_USER = "VideogenUser"
+SA_TIER = "VideogenTier"
+SA_MODEL = "VideogenModel"
+SA_STATUS = "VideogenStatus"
+SEARCH_ATTRIBUTES = {SA_USER: "Keyword", SA_TIER: "Keyword", SA_MODEL: "Keyword",
+                     SA_STATUS: "Keyword"}
+
+# Error types: the workflow never retries these, the API maps them to `error.code`.
+ERR_INVALID_INPUT = "InvalidInput"
+ERR_MODEL_MISMATCH = "ModelMismatch"
+NON_RETRYABLE_ERRORS = [ERR_INVALID_INPUT, ERR_MODEL_MISMATCH]
+
+# Job statuses (OpenAI Videos API) and the finer phases of our own.
+QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
+    "queued", "in_progress", "completed", "failed", "cancelled")
+PHASE_QUEUED, PHASE_STARTING, PHASE_DENOISING, PHASE_DECODING, PHASE_ENCODING = (
+    "queued", "starting", "denoising", "decoding", "encoding")
+
+
+def frames_key(job_id: str, attempt: int) -> str:
+    """Per attempt, so a stale attempt that wakes up late never overwrites the accepted frames."""
+    return f"frames/{job_id}/attempt-{attempt}.npy"
+
+
+def frames_prefix(job_id: str) -> str:
+    return f"frames/{job_id}/"
+
+
+def outputs_prefix(job_id: str) -> str:
+    return f"videos/{job_id}/"
+
+
+def tombstone_key(job_id: str) -> str:
+    """Marks a deleted job: Temporal deletes executions asynchronously (~20 s on the dev server),
+    and a deleted video must disappear from the API at once."""
+    return f"deleted/{job_id}"
+
+
+VARIANTS = {
+    # variant -> (file name under outputs_prefix, media type)
+    "video": ("video.mp4", "video/mp4"),
+    "thumbnail": ("thumbnail.png", "image/png"),
+    "spritesheet": ("spritesheet.jpg", "image/jpeg"),
+}
+
+
+@dataclass
+class VideoRequest:
+    """Workflow input: a validated job. The API fills every field; the workflow trusts them."""
+
+    job_id: str
+    user: str
+    tier: str
+    prompt: str
+    model: str
+    seed: int
+    width: int
+    height: int
+    seconds: int
+    fps: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    gpu_task_queue: str
+    cpu_task_queue: str
+    negative_prompt: str = ""
+    heartbeat_timeout_s: float = 30.0
+    progress_interval_s: float = 1.0
+    gpu_start_timeout_s: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateInput:
+    request: VideoRequest
+
+
+@dataclass
+class GenerateOutput:
+    frames_key: str
+    num_frames: int
+    width: int
+    height: int
+    attempt: int
+    device: str
+    generation_seconds: float
+
+
+@dataclass
+class EncodeInput:
+    job_id: str
+    frames_key: str
+    fps: int
+
+
+@dataclass
+class EncodeOutput:
+    video_key: str
+    thumbnail_key: str
+    spritesheet_key: str
+    video_bytes: int
+    video_sha256: str
+    num_frames: int
+    width: int
+    height: int
+    fps: int
+    duration_s: float
+
+
+@dataclass
+class JobResult:
+    """Workflow result: where the outputs are, and which GPU attempt produced them."""
+
+    video: EncodeOutput
+    attempt: int
+    device: str
+    generation_seconds: float
+
+
+@dataclass
+class CleanupInput:
+    job_id: str
+    # False after success (only intermediate frames go), True on cancel/failure (everything).
+    remove_outputs: bool = False
+
+
+@dataclass
+class ProgressUpdate:
+    """Sent by the GPU activity as a signal; `attempt` lets the workflow drop stale reports."""
+
+    attempt: int
+    phase: str
+    step: int = 0
+    total_steps: int = 0
+    resumed_from_step: int | None = None
+
+
+@dataclass
+class JobError:
+    code: str
+    message: str
+
+
+@dataclass
+class JobStatus:
+    """What the `status` query returns: the live state of one job."""
+
+    status: str = QUEUED
+    phase: str = PHASE_QUEUED
+    progress: int = 0
+    step: int = 0
+    total_steps: int = 0
+    attempt: int = 0
+    resumed_from_step: int | None = None
+    error: JobError | None = None
+    result: JobResult | None = None

@@ -1,0 +1,108 @@
+"""Configuration of every videogen process, read once from the environment.
+
+Temporal's own connection settings (`TEMPORAL_ADDRESS`, `TEMPORAL_NAMESPACE`, `TEMPORAL_API_KEY`,
+`TEMPORAL_TLS_*`, profiles in the standard config file) are read by `temporalio.envconfig` in
+`videogen.temporal`, not here, so the same processes run against the embedded dev server, a
+self-hosted cluster or Temporal Cloud unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from videogen import catalog
+
+DEV_API_KEY = "vg-dev-key"
+TIERS = ("internal", "paid", "free")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    user: str
+    tier: str
+
+
+class Settings(BaseSettings):
+    """Everything has a working default for the embedded stack (`videogen up`, `make demo`)."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDEOGEN_", extra="ignore")
+
+    data_dir: Path = Field(Path(".data"), description="Root of the embedded stack's state.")
+    storage_url: str = Field(
+        "", description="file:///abs/dir or s3://bucket/prefix; default: file:// under data_dir."
+    )
+    model: str = Field("", description="Empty for the built-in tiny model, else a local dir.")
+    model_name: str = Field("", description="Name of a local model (default: the dir's name).")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_keys: str = Field(
+        f"{DEV_API_KEY}:dev:paid",
+        description="Comma-separated key:user:tier entries; tiers are internal, paid, free.",
+    )
+
+    task_queue_prefix: str = Field("videogen", description="Prefix of every task queue name.")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="GPU activity heartbeat timeout.")
+    heartbeat_throttle_s: float = Field(
+        1.0, gt=0, description="Longest gap between heartbeats the GPU worker sends."
+    )
+    progress_interval_s: float = Field(
+        1.0, ge=0, description="Least time between progress signals of one job."
+    )
+    gpu_start_timeout_s: float = Field(
+        0, ge=0, description="Fail a job if no GPU worker picks it up in this time (0 = wait)."
+    )
+
+    @field_validator("task_queue_prefix")
+    @classmethod
+    def _queue_prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
+            raise ValueError("task_queue_prefix may hold letters, digits, '_', '.', '-' only")
+        return v
+
+    @cached_property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return f"file://{(self.data_dir / 'objects').resolve()}"
+
+    @cached_property
+    def model_spec(self) -> catalog.ModelSpec:
+        return catalog.resolve(self.model, self.model_name or None)
+
+    @cached_property
+    def keys(self) -> dict[str, ApiKey]:
+        """Parse VIDEOGEN_API_KEYS; a malformed entry is an error at start-up, not at request."""
+        out: dict[str, ApiKey] = {}
+        for raw in self.api_keys.split(","):
+            entry = raw.strip()
+            if not entry:
+                continue
+            parts = entry.split(":")
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(
+                    f"VIDEOGEN_API_KEYS entry {entry!r} is not of the form key:user:tier"
+                )
+            key, user, tier = parts
+            if tier not in TIERS:
+                raise ValueError(
+                    f"VIDEOGEN_API_KEYS entry for user {user!r} has tier {tier!r}; "
+                    f"allowed tiers: {', '.join(TIERS)}"
+                )
+            out[key] = ApiKey(key=key, user=user, tier=tier)
+        return out
+
+    @property
+    def cpu_task_queue(self) -> str:
+        return f"{self.task_queue_prefix}-cpu"
+
+    def gpu_task_queue(self, model: str) -> str:
+        """One queue per model: a job only reaches a worker that holds its model warm."""
+        return f"{self.task_queue_prefix}-gpu-{model}"

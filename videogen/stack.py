@@ -1,0 +1,144 @@
+"""The embedded stack: Temporal dev server, API, CPU worker and GPU worker(s) as child processes.
+
+Used by `videogen up` (foreground, Ctrl-C stops all), `videogen demo` and the integration tests,
+so the tests exercise the very processes a user runs. Workers that die are restarted, as a
+process supervisor in production would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from videogen.devserver import DevServer, port_open
+from videogen.settings import DEV_API_KEY
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    api_port: int = 8000
+    temporal_port: int = 7233
+    ui_port: int | None = 8233
+    gpu_workers: int = 1
+    # Extra environment for every child (VIDEOGEN_* settings, AWS_* for s3://, ...).
+    env: dict[str, str] = field(default_factory=dict)
+    # None: children write to this process's stdout/stderr; else one log file each here.
+    log_dir: Path | None = None
+    persistent: bool = True
+    server: DevServer | None = None
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def child_env(self) -> dict[str, str]:
+        data_dir = self.data_dir.resolve()
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{self.temporal_port}",
+            "VIDEOGEN_DATA_DIR": str(data_dir),
+            "VIDEOGEN_API_PORT": str(self.api_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.setdefault("VIDEOGEN_STORAGE_URL", f"file://{data_dir / 'objects'}")
+        env.update(self.env)
+        return env
+
+    def start(self, timeout_s: float = 120.0) -> Stack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_dir:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        if port_open("127.0.0.1", self.api_port):
+            raise RuntimeError(f"port {self.api_port} is already in use; choose another "
+                               "(--api-port) or stop what runs there")
+        self.server = DevServer(
+            db_file=self.data_dir / "temporal.db" if self.persistent else None,
+            port=self.temporal_port,
+            ui_port=self.ui_port,
+            log_file=(self.log_dir or self.data_dir) / "temporal.log",
+        ).start()
+        cli = [sys.executable, "-m", "videogen.cli"]
+        self.children = [Child("cpu-worker", [*cli, "worker", "cpu"])]
+        self.children += [Child(f"gpu-worker-{i}", [*cli, "worker", "gpu"])
+                          for i in range(self.gpu_workers)]
+        self.children.append(Child("api", [*cli, "api"]))
+        try:
+            for child in self.children:
+                self._spawn(child)
+            self.wait_api(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, child: Child) -> None:
+        out: object = None
+        if self.log_dir:
+            out = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115
+        child.process = subprocess.Popen(
+            child.argv, env=self.child_env(), stdout=out, stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def wait_api(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check()
+            try:
+                if httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"API not healthy at {self.api_url} after {timeout_s}s")
+
+    def check(self) -> None:
+        """Restart a worker that died; the API and Temporal dying is fatal for the stack."""
+        if self.server and self.server.process and self.server.process.poll() is not None:
+            raise RuntimeError("the Temporal dev server exited")
+        for child in self.children:
+            if child.process is None or child.process.poll() is None:
+                continue
+            code = child.process.returncode
+            if child.name == "api":
+                raise RuntimeError(f"the API exited with code {code}")
+            child.restarts += 1
+            print(f"[videogen] {child.name} exited with code {code}; restarting",
+                  file=sys.stderr)
+            self._spawn(child)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for child in reversed(self.children):
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self.server:
+            self.server.stop()
+
+    def env_for_clients(self) -> dict[str, str]:
+        return {"VIDEOGEN_API_URL": self.api_url, "VIDEOGEN_API_KEY": DEV_API_KEY}

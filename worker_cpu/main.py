@@ -1,0 +1,38 @@
+"""The CPU worker process: runs `VideoGeneration` workflows and the CPU activities.
+
+Encoding, thumbnails and cleanup never occupy a GPU; this process scales independently of the
+GPU fleet. SIGTERM/SIGINT shut it down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+from temporalio.worker import Worker
+
+from activities.postprocess import PostprocessActivities
+from videogen.settings import Settings
+from videogen.storage import open_store
+from videogen.temporal import connect, run_until_stopped
+from workflows.video import VideoGeneration
+
+log = structlog.get_logger(__name__)
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    store = open_store(settings.resolved_storage_url)
+    client = await connect(wait_s=60)
+    acts = PostprocessActivities(store)
+    worker = Worker(
+        client,
+        task_queue=settings.cpu_task_queue,
+        workflows=[VideoGeneration],
+        activities=[acts.encode_video, acts.cleanup_job],
+        # Encoding is CPU-bound in threads; more at once than cores only adds latency.
+        max_concurrent_activities=4,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    log.info("cpu worker ready", task_queue=settings.cpu_task_queue, storage=store.describe())
+    await run_until_stopped(worker, stop)

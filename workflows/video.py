@@ -1,0 +1,165 @@
+"""The `VideoGeneration` workflow: one video, from a validated request to stored MP4.
+
+Deterministic by construction: no torch, boto3, clock or randomness here; the heavy work lives
+in activities on their own task queues (GPU: diffusion; CPU: encoding and cleanup). Progress
+arrives by signal from the GPU activity and is served by the `status` query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    TimeoutError,
+    TimeoutType,
+    is_cancelled_exception,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from videogen import contracts as c
+
+STATUS_KEY = SearchAttributeKey.for_keyword(c.SA_STATUS)
+
+# Preemption-class failures retry forever (a spot fleet can lose a job many times); input that
+# cannot be generated never retries.
+GPU_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+    non_retryable_error_types=c.NON_RETRYABLE_ERRORS,
+)
+CPU_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=c.NON_RETRYABLE_ERRORS,
+)
+
+# Share of `progress` (0-100) each phase ends at; denoising fills the span before decoding.
+PROGRESS_STARTING = 1
+PROGRESS_DECODING = 92
+PROGRESS_ENCODING = 95
+
+
+@workflow.defn(name=c.WORKFLOW_NAME)
+class VideoGeneration:
+    def __init__(self) -> None:
+        self._state = c.JobStatus()
+
+    @workflow.query(name=c.QUERY_STATUS)
+    def status(self) -> c.JobStatus:
+        return self._state
+
+    @workflow.signal(name=c.SIGNAL_PROGRESS)
+    def report_progress(self, update: c.ProgressUpdate) -> None:
+        s = self._state
+        # A stale attempt (timed out, retried elsewhere) may still report: ignore it. Reports
+        # after the GPU phase ended (late signal delivery) must not move the job backwards.
+        if update.attempt < s.attempt or s.status not in (c.QUEUED, c.IN_PROGRESS):
+            return
+        if s.phase == c.PHASE_ENCODING:
+            return
+        if s.status == c.QUEUED:
+            self._set_status(c.IN_PROGRESS)
+        s.attempt = update.attempt
+        s.phase = update.phase
+        s.step = update.step
+        s.total_steps = update.total_steps or s.total_steps
+        s.resumed_from_step = update.resumed_from_step
+        if update.phase == c.PHASE_DENOISING and s.total_steps:
+            span = PROGRESS_DECODING - PROGRESS_STARTING
+            s.progress = PROGRESS_STARTING + span * s.step // s.total_steps
+        elif update.phase == c.PHASE_DECODING:
+            s.progress = PROGRESS_DECODING
+        else:
+            s.progress = max(s.progress, PROGRESS_STARTING)
+
+    def _set_status(self, status: str) -> None:
+        self._state.status = status
+        workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+
+    @workflow.run
+    async def run(self, req: c.VideoRequest) -> c.JobResult:
+        self._state.total_steps = req.num_inference_steps
+        try:
+            gen = await self._generate(req)
+            if self._state.status == c.QUEUED:  # finished before its first signal arrived
+                self._set_status(c.IN_PROGRESS)
+            self._state.phase = c.PHASE_ENCODING
+            self._state.progress = PROGRESS_ENCODING
+            encoded = await workflow.execute_activity(
+                c.ACTIVITY_ENCODE,
+                c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps),
+                result_type=c.EncodeOutput,
+                task_queue=req.cpu_task_queue,
+                start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=CPU_RETRY,
+            )
+            await self._cleanup(req, remove_outputs=False)
+        except (asyncio.CancelledError, ActivityError) as err:
+            if is_cancelled_exception(err):
+                # The GPU activity was cancelled and has stopped (WAIT_CANCELLATION_COMPLETED):
+                # clean up what it left, then end the workflow as cancelled.
+                self._state.phase = c.CANCELLED
+                self._set_status(c.CANCELLED)
+                await self._cleanup(req, remove_outputs=True)
+                raise
+            assert isinstance(err, ActivityError)
+            code, message = _describe_failure(err)
+            self._state.error = c.JobError(code=code, message=message)
+            self._state.phase = c.FAILED
+            self._set_status(c.FAILED)
+            await self._cleanup(req, remove_outputs=True)
+            raise ApplicationError(message, type=code, non_retryable=True) from err
+
+        result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
+                             generation_seconds=gen.generation_seconds)
+        self._state.result = result
+        self._state.phase = c.COMPLETED
+        self._state.progress = 100
+        self._set_status(c.COMPLETED)
+        return result
+
+    async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:
+        start_timeout = (
+            timedelta(seconds=req.gpu_start_timeout_s) if req.gpu_start_timeout_s else None
+        )
+        return await workflow.execute_activity(
+            c.ACTIVITY_GENERATE,
+            c.GenerateInput(request=req),
+            result_type=c.GenerateOutput,
+            task_queue=req.gpu_task_queue,
+            start_to_close_timeout=timedelta(hours=2),
+            schedule_to_start_timeout=start_timeout,
+            heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout_s),
+            retry_policy=GPU_RETRY,
+            # The GPU must really have stopped before the workflow reports `cancelled`.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _cleanup(self, req: c.VideoRequest, *, remove_outputs: bool) -> None:
+        await workflow.execute_activity(
+            c.ACTIVITY_CLEANUP,
+            c.CleanupInput(job_id=req.job_id, remove_outputs=remove_outputs),
+            task_queue=req.cpu_task_queue,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=CPU_RETRY,
+        )
+
+
+def _describe_failure(err: ActivityError) -> tuple[str, str]:
+    """Error code and message for the user from an activity failure chain."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type or "GenerationFailed", cause.message
+    if isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START:
+        return "NoWorkerAvailable", (
+            "no GPU worker picked the job up in time; is a worker for this model running?"
+        )
+    return "GenerationFailed", str(cause or err)
