@@ -1,0 +1,462 @@
+"""Wan text-to-video as a resumable, step-by-step denoising loop.
+
+`WanPipeline.__call__` runs prepare → denoise → decode in one call and cannot resume. The GPU
+activity needs to stop between any two steps (preemption), snapshot everything, and continue
+later with a bit-identical result, so this module re-implements the pipeline's loop from its
+components with all mutable state in one `DenoiseState` object:
+
+    model = load_pipeline(spec, pick_device())
+    check_params(spec, params)
+    state = prepare(model, params)          # prompt embeddings, seeded latents, scheduler
+    while state.next_step < state.total_steps:
+        denoise_step(model, state)          # the state may be snapshotted between steps
+    frames = decode(model, state)           # uint8 (T, H, W, 3)
+
+`generate()` is that loop with a progress callback. For the same seed and parameters the output
+equals `WanPipeline.__call__` bit for bit (tests/test_pipeline.py checks it).
+
+The built-in tiny model (`build_tiny_pipeline`) has the Wan architecture with random weights
+seeded in code, so everything above runs on a CPU without downloading anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKLWan,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+from videogen.catalog import ModelSpec
+
+# WanPipeline.__call__'s default; encode_prompt's own default (226) differs, so pass it always.
+MAX_SEQUENCE_LENGTH = 512
+
+# Seed of the built-in tiny model's weights: part of its identity, never change it casually
+# (checkpoints of running jobs carry the weights hash and would no longer resume).
+TINY_WEIGHTS_SEED = 0
+
+# Wan's pixel-to-latent factors (VAE) times the transformer's spatial patch size (1, 2, 2).
+SIZE_MULTIPLE = 16
+FRAME_STRIDE = 4
+
+
+class PoisonedStateError(RuntimeError):
+    """A step produced NaN or Inf: the state is unusable and must not be checkpointed.
+
+    Retrying from the same state gives the same result, so callers treat this as a
+    non-retryable failure of this state (resume from an earlier checkpoint or fail the job).
+    """
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"non-finite values in {what} at step {step}")
+        self.step = step
+        self.what = what
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline kept warm in memory, with what a checkpoint needs to recognise it."""
+
+    pipe: WanPipeline
+    spec: ModelSpec
+    device: str
+    weights_hash: str
+    load_seconds: float
+
+    @property
+    def transformer_dtype(self) -> torch.dtype:
+        return self.pipe.transformer.dtype
+
+
+@dataclass
+class GenerationParams:
+    """Everything that, with the model weights, determines the output video."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        # Same rule as WanPipeline.do_classifier_free_guidance.
+        return self.guidance_scale > 1.0
+
+
+@dataclass
+class DenoiseState:
+    """All mutable state of one generation between two steps.
+
+    Nothing about a run lives elsewhere (not in the pipeline, whose scheduler is shared by
+    all runs), so a deep copy of this object, or its serialised form, is a complete resume
+    point. Tensors live on the model's device.
+    """
+
+    params: GenerationParams
+    prompt_embeds: torch.Tensor
+    # None when guidance is off (guidance_scale <= 1).
+    negative_prompt_embeds: torch.Tensor | None
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    # A private copy of the pipeline's scheduler (UniPC for Wan), with its multistep history.
+    scheduler: SchedulerMixin
+    generator: torch.Generator
+    next_step: int = 0
+    total_steps: int = 0
+    # Thread count the run started with: it changes bits for some shapes on the CPU, so a
+    # resume that wants bit-exact output must run with the same count.
+    num_threads: int = field(default_factory=torch.get_num_threads)
+
+    @property
+    def done(self) -> bool:
+        return self.next_step >= self.total_steps
+
+
+def pick_device() -> str:
+    """'cuda' if a GPU is usable, else 'cpu'."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_tiny_pipeline(seed: int = 0) -> WanPipeline:
+    """A tiny Wan text-to-video pipeline with random weights, seeded and built from configs.
+
+    Sized so a default tiny job (256x256, 17 frames, 20 steps, guidance on) takes 3-4 s on a
+    2-core CPU: about 100 ms per step (two transformer passes) plus about 1.1 s of VAE decode.
+    The decode barely shrinks with the VAE's size at 256x256 (per-frame causal convolutions
+    and norms at full resolution), so the VAE is the smallest that works (3 base channels,
+    one residual block per decoder stage) and the transformer carries the visible progress.
+    A 64x64, 9-frame, 3-step job takes about 0.15 s.
+    Same seed → bitwise the same weights, in any process.
+    """
+    text_dim = 32
+    # fork_rng: seeding must not disturb the caller's global RNG, and nothing the caller did
+    # with it may change these weights. Construction order is part of the weights' identity.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = T5EncoderModel(
+            T5Config(
+                vocab_size=384,  # ByT5: 256 bytes + 3 special tokens + 125 extra ids
+                d_model=text_dim,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+            )
+        )
+        vae = AutoencoderKLWan(
+            base_dim=3,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=0,
+            temperal_downsample=[False, True, True],
+        )
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=4,
+            attention_head_dim=32,
+            in_channels=16,
+            out_channels=16,
+            text_dim=text_dim,
+            freq_dim=256,
+            ffn_dim=256,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=64,
+        )
+    # Wan2.1's own scheduler setup (flow_shift 3.0 is its 480p default).
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=1000,
+        flow_shift=3.0,
+    )
+    pipe = WanPipeline(
+        tokenizer=ByT5Tokenizer(),  # byte-level: needs no vocabulary file
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
+    )
+    # float32 is the construction default; eval() turns off the T5 encoder's dropout.
+    for module in (text_encoder, vae, transformer):
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _hashed_modules(pipe: WanPipeline) -> list[tuple[str, torch.nn.Module]]:
+    return [
+        ("transformer", pipe.transformer),
+        ("vae", pipe.vae),
+        ("text_encoder", pipe.text_encoder),
+    ]
+
+
+def weights_hash(pipe: WanPipeline) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every parameter and buffer."""
+    digest = hashlib.sha256()
+    for prefix, module in _hashed_modules(pipe):
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{prefix}.{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+            # Through uint8 so bfloat16 (which numpy lacks) hashes the same way.
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _clone_weights(module: torch.nn.Module) -> None:
+    # from_pretrained leaves parameters as views into safetensors buffers, some unaligned;
+    # kernels reading those gave different bits than on aligned copies (DESIGN.md).
+    for sub in module.modules():
+        for param in sub.parameters(recurse=False):
+            param.data = param.data.clone()
+        for name, buf in list(sub.named_buffers(recurse=False)):
+            if buf is not None:
+                sub._buffers[name] = buf.clone()
+
+
+def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
+    """Load (or build) the spec's pipeline on `device`, weights cloned, models in eval().
+
+    dtypes: the tiny model is float32 everywhere. A real Wan directory loads transformer and
+    text encoder in bfloat16 on CUDA (float32 on the CPU, where bfloat16 is slow) and the VAE
+    always in float32, as the Wan model card recommends for decoding quality.
+    Only Wan2.1-style directories (one transformer, no expanded timesteps) are supported.
+    """
+    started = time.perf_counter()
+    if spec.path is None:
+        pipe = build_tiny_pipeline(TINY_WEIGHTS_SEED)
+    else:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        # `dtype`, not `torch_dtype`: the latter is deprecated in diffusers 0.42.
+        vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32)
+        pipe = WanPipeline.from_pretrained(spec.path, vae=vae, dtype=dtype)
+        if pipe.transformer is None or pipe.transformer_2 is not None:
+            raise ValueError(
+                f"{spec.path}: only single-transformer (Wan2.1) pipelines are supported"
+            )
+        if pipe.config.expand_timesteps:
+            raise ValueError(f"{spec.path}: expand_timesteps (Wan2.2 TI2V) is not supported")
+        pipe.set_progress_bar_config(disable=True)
+    for _, module in _hashed_modules(pipe):
+        _clone_weights(module)
+        module.eval()
+    # Hash on the host before the move: same bytes, no device-to-host copies.
+    digest = weights_hash(pipe)
+    pipe.to(device)
+    return LoadedModel(
+        pipe=pipe,
+        spec=spec,
+        device=device,
+        weights_hash=digest,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def check_params(spec: ModelSpec, params: GenerationParams) -> None:
+    """Reject parameters the model cannot run, naming the field and what is allowed."""
+    if not isinstance(params.prompt, str) or not params.prompt.strip():
+        raise ValueError("prompt: must be a non-empty string")
+    if not isinstance(params.negative_prompt, str):
+        raise ValueError("negative_prompt: must be a string (may be empty)")
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+            raise ValueError(
+                f"{name}: must be a positive multiple of {SIZE_MULTIPLE}, got {value!r}"
+            )
+    frames = params.num_frames
+    if not isinstance(frames, int) or frames < 1 or (frames - 1) % FRAME_STRIDE:
+        raise ValueError(
+            f"num_frames: must be of the form {FRAME_STRIDE}k+1 (1, 5, 9, ...), got {frames!r}"
+        )
+    steps = params.num_inference_steps
+    if not isinstance(steps, int) or not 1 <= steps <= spec.max_steps:
+        raise ValueError(f"num_inference_steps: must be in 1..{spec.max_steps}, got {steps!r}")
+    scale = params.guidance_scale
+    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"guidance_scale: must be a finite number >= 0, got {scale!r}")
+    seed = params.seed
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed: must be an integer in 0..2**64-1, got {seed!r}")
+
+
+def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:
+    """Encode the prompt, draw the seeded latents, set up a private scheduler: step 0."""
+    pipe = model.pipe
+    device = torch.device(model.device)
+    do_cfg = params.do_classifier_free_guidance
+    # no_grad rather than inference_mode: inference tensors refuse in-place updates outside
+    # inference mode, and restoring a checkpoint writes into this state.
+    with torch.no_grad():
+        # 1. Prompt embeddings, cast to the transformer's dtype as WanPipeline does.
+        prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            num_videos_per_prompt=1,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=device,
+        )
+        prompt_embeds = prompt_embeds.to(model.transformer_dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(model.transformer_dtype)
+
+        # 2. Timesteps on a copy: the pipeline's scheduler instance is shared by every run.
+        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler.set_timesteps(params.num_inference_steps, device=device)
+        scheduler.set_begin_index(0)
+
+        # 3. Latents: WanPipeline.prepare_latents' shape, float32, from our own generator.
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+        num_latent_frames = (params.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        shape = (
+            1,
+            pipe.transformer.config.in_channels,
+            num_latent_frames,
+            params.height // pipe.vae_scale_factor_spatial,
+            params.width // pipe.vae_scale_factor_spatial,
+        )
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+
+    return DenoiseState(
+        params=params,
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_prompt_embeds,
+        latents=latents,
+        timesteps=scheduler.timesteps,
+        scheduler=scheduler,
+        generator=generator,
+        next_step=0,
+        total_steps=len(scheduler.timesteps),
+    )
+
+
+def _check_finite(tensor: torch.Tensor, step: int, what: str) -> None:
+    if not bool(torch.isfinite(tensor).all()):
+        raise PoisonedStateError(step, what)
+
+
+def denoise_step(model: LoadedModel, state: DenoiseState) -> None:
+    """Run step `state.next_step` and advance the state; the state is untouched on error."""
+    if state.done:
+        raise ValueError(f"all {state.total_steps} steps are done; decode instead")
+    transformer = model.pipe.transformer
+    i = state.next_step
+    t = state.timesteps[i]
+    scheduler = state.scheduler
+    with torch.no_grad():
+        # 1. Inputs exactly as WanPipeline builds them.
+        latent_model_input = state.latents.to(model.transformer_dtype)
+        timestep = t.expand(state.latents.shape[0])
+        cache_kwargs = {
+            "step_index": i,
+            "sigma": float(scheduler.sigmas[i]),
+            "num_inference_steps": state.total_steps,
+        }
+
+        # 2. Conditional pass.
+        with transformer.cache_context("cond", **cache_kwargs):
+            noise_pred = transformer(
+                hidden_states=latent_model_input,
+                timestep=timestep,
+                encoder_hidden_states=state.prompt_embeds,
+                return_dict=False,
+            )[0]
+
+        # 3. Unconditional pass and guidance: a separate forward, because batching both
+        #    passes into one call changes the result's bits.
+        if state.negative_prompt_embeds is not None:
+            with transformer.cache_context("uncond", **cache_kwargs):
+                noise_uncond = transformer(
+                    hidden_states=latent_model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=state.negative_prompt_embeds,
+                    return_dict=False,
+                )[0]
+            noise_pred = noise_uncond + state.params.guidance_scale * (noise_pred - noise_uncond)
+        _check_finite(noise_pred, i, "noise prediction")
+
+        # 4. Scheduler update, on a scratch copy so that a poisoned step leaves the state as
+        #    it was. Stochastic schedulers get the run's generator instead of the global RNG.
+        scratch = copy.deepcopy(scheduler)
+        extra = {"generator": state.generator} if _accepts_generator(scratch) else {}
+        latents = scratch.step(noise_pred, t, state.latents, return_dict=False, **extra)[0]
+        _check_finite(latents, i, "latents")
+
+    # 5. Commit.
+    state.scheduler = scratch
+    state.latents = latents
+    state.next_step = i + 1
+
+
+def _accepts_generator(scheduler: SchedulerMixin) -> bool:
+    return "generator" in inspect.signature(scheduler.step).parameters
+
+
+def decode_float(model: LoadedModel, state: DenoiseState) -> np.ndarray:
+    """VAE-decode the final latents as WanPipeline does: float32 (T, H, W, 3) in [0, 1]."""
+    if not state.done:
+        raise ValueError(f"decode after all steps: {state.next_step}/{state.total_steps} done")
+    pipe = model.pipe
+    vae = pipe.vae
+    with torch.no_grad():
+        latents = state.latents.to(vae.device, dtype=vae.dtype)
+        z_dim = vae.config.z_dim
+        latents_mean = (
+            torch.tensor(vae.config.latents_mean)
+            .view(1, z_dim, 1, 1, 1)
+            .to(latents.device, latents.dtype)
+        )
+        latents_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(
+            latents.device, latents.dtype
+        )
+        latents = latents / latents_std + latents_mean
+        video = vae.decode(latents, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")
+    return frames[0]
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to uint8 with one fixed rounding rule (round half to even)."""
+    return (frames * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def decode(model: LoadedModel, state: DenoiseState) -> np.ndarray:
+    """Final frames as uint8, shape (T, H, W, 3)."""
+    return to_uint8(decode_float(model, state))
+
+
+def generate(
+    model: LoadedModel,
+    params: GenerationParams,
+    on_step: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Whole generation without checkpoints. `on_step(done, total)` may raise to abort."""
+    check_params(model.spec, params)
+    state = prepare(model, params)
+    while not state.done:
+        denoise_step(model, state)
+        if on_step is not None:
+            on_step(state.next_step, state.total_steps)
+    return decode(model, state)

@@ -1,0 +1,221 @@
+"""The hand-written denoising loop: equals WanPipeline, deterministic, resumable from its state."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from activities.pipeline import (
+    DenoiseState,
+    GenerationParams,
+    LoadedModel,
+    PoisonedStateError,
+    build_tiny_pipeline,
+    check_params,
+    decode,
+    decode_float,
+    denoise_step,
+    generate,
+    load_pipeline,
+    prepare,
+    weights_hash,
+)
+from videogen.catalog import TINY_SPEC, spec_for_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = GenerationParams(
+    prompt="a red fox running through snow",
+    negative_prompt="blurry, static",
+    seed=1234,
+    width=64,
+    height=64,
+    num_frames=9,
+    num_inference_steps=4,
+    guidance_scale=5.0,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return load_pipeline(TINY_SPEC, "cpu")
+
+
+def run_to_end(model: LoadedModel, state: DenoiseState) -> DenoiseState:
+    while not state.done:
+        denoise_step(model, state)
+    return state
+
+
+@pytest.mark.parametrize("guidance_scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
+def test_loop_equals_wan_pipeline_bit_for_bit(model: LoadedModel, guidance_scale: float) -> None:
+    params = dataclasses.replace(SMALL, num_inference_steps=3, guidance_scale=guidance_scale)
+    expected = model.pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        generator=torch.Generator().manual_seed(params.seed),
+        output_type="np",
+        max_sequence_length=512,
+    ).frames[0]
+
+    state = run_to_end(model, prepare(model, params))
+    ours = decode_float(model, state)
+
+    assert (state.negative_prompt_embeds is None) == (guidance_scale <= 1.0)
+    assert ours.shape == expected.shape == (9, 64, 64, 3)
+    assert ours.dtype == expected.dtype
+    assert np.array_equal(ours, expected)
+
+
+def test_output_is_uint8_frames(model: LoadedModel) -> None:
+    frames = generate(model, SMALL)
+    assert frames.dtype == np.uint8
+    assert frames.shape == (SMALL.num_frames, SMALL.height, SMALL.width, 3)
+    # Random weights still give an image, not a constant.
+    assert frames.std() > 0
+
+
+def test_same_seed_same_frames_other_seed_other_frames(model: LoadedModel) -> None:
+    first = generate(model, SMALL)
+    again = generate(model, SMALL)
+    other = generate(model, dataclasses.replace(SMALL, seed=SMALL.seed + 1))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_tiny_weights_are_deterministic() -> None:
+    first = weights_hash(build_tiny_pipeline(0))
+    assert weights_hash(build_tiny_pipeline(0)) == first
+    assert weights_hash(build_tiny_pipeline(1)) != first
+    assert load_pipeline(TINY_SPEC, "cpu").weights_hash == first
+
+
+def test_load_from_directory_keeps_weights_and_output(model: LoadedModel, tmp_path: Path) -> None:
+    # The from_pretrained path, without a hub: the tiny model saved as a diffusers directory.
+    model.pipe.save_pretrained(tmp_path)
+    loaded = load_pipeline(spec_for_path(str(tmp_path)), "cpu")
+    assert loaded.pipe.transformer.dtype == torch.float32  # float32 on the CPU
+    assert loaded.weights_hash == model.weights_hash
+    params = dataclasses.replace(SMALL, num_inference_steps=2)
+    assert np.array_equal(generate(loaded, params), generate(model, params))
+
+
+def test_tiny_weights_are_the_same_in_another_process() -> None:
+    code = (
+        "from activities.pipeline import build_tiny_pipeline, weights_hash;"
+        "print(weights_hash(build_tiny_pipeline(0)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == weights_hash(build_tiny_pipeline(0))
+
+
+def test_building_leaves_the_global_rng_alone() -> None:
+    before = torch.get_rng_state()
+    build_tiny_pipeline(0)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prompt": "   "}, "prompt"),
+        ({"width": 72}, "width"),
+        ({"height": 0}, "height"),
+        ({"num_frames": 8}, "num_frames"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": TINY_SPEC.max_steps + 1}, "num_inference_steps"),
+        ({"guidance_scale": math.nan}, "guidance_scale"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_check_params_names_the_bad_field(change: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        check_params(TINY_SPEC, dataclasses.replace(SMALL, **change))
+
+
+def test_check_params_accepts_a_good_request() -> None:
+    check_params(TINY_SPEC, SMALL)
+    check_params(TINY_SPEC, dataclasses.replace(SMALL, num_frames=1, guidance_scale=0.0))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_interrupted_and_resumed_equals_uninterrupted(model: LoadedModel, k: int) -> None:
+    uninterrupted = decode_float(model, run_to_end(model, prepare(model, SMALL)))
+
+    state = prepare(model, SMALL)
+    for _ in range(k):
+        denoise_step(model, state)
+    snapshot = copy.deepcopy(state)
+    assert torch.equal(snapshot.generator.get_state(), state.generator.get_state())
+    del state
+    # Another run in between must not leak into the snapshot through shared objects.
+    generate(model, dataclasses.replace(SMALL, seed=7, num_inference_steps=2))
+
+    assert snapshot.next_step == k
+    resumed = decode_float(model, run_to_end(model, snapshot))
+    assert np.array_equal(resumed, uninterrupted)
+
+
+def test_resuming_from_latents_alone_is_wrong(model: LoadedModel) -> None:
+    # Control for the test above: the scheduler's multistep history is part of the state.
+    uninterrupted = decode_float(model, run_to_end(model, prepare(model, SMALL)))
+    state = prepare(model, SMALL)
+    for _ in range(2):
+        denoise_step(model, state)
+    naive = prepare(model, SMALL)
+    naive.latents = state.latents.clone()
+    naive.next_step = state.next_step
+    assert not np.array_equal(decode_float(model, run_to_end(model, naive)), uninterrupted)
+
+
+def test_nan_latents_raise_poisoned_state_and_keep_the_state(model: LoadedModel) -> None:
+    state = prepare(model, SMALL)
+    denoise_step(model, state)
+    state.latents[0, 0, 0, 0, 0] = float("nan")
+    scheduler_step = state.scheduler.step_index
+    with pytest.raises(PoisonedStateError) as err:
+        denoise_step(model, state)
+    assert err.value.step == 1
+    assert state.next_step == 1
+    assert state.scheduler.step_index == scheduler_step
+
+
+def test_on_step_reports_progress_and_can_abort(model: LoadedModel) -> None:
+    seen: list[tuple[int, int]] = []
+    generate(model, SMALL, on_step=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    class Abort(Exception):
+        pass
+
+    def abort_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Abort
+
+    with pytest.raises(Abort):
+        generate(model, SMALL, on_step=abort_after_two)
+
+
+def test_steps_and_decode_refuse_out_of_order(model: LoadedModel) -> None:
+    state = prepare(model, dataclasses.replace(SMALL, num_inference_steps=1))
+    with pytest.raises(ValueError, match="decode after all steps"):
+        decode(model, state)
+    denoise_step(model, state)
+    with pytest.raises(ValueError, match="steps are done"):
+        denoise_step(model, state)
