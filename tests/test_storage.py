@@ -33,7 +33,6 @@ from videogen.storage import (
 # moto answers a request in ~5-10 ms over loopback, so >1000 keys (a real second list page at
 # the default page size) costs ~20 s on 2 cores; S3 pagination is tested with a small page_size
 # instead, and the full-size run is opt-in.
-SLOW = os.environ.get("VIDEOGEN_SLOW_TESTS") == "1"
 
 S3_PREFIX = "pfx/sub"
 
@@ -587,7 +586,6 @@ def test_s3_endpoint_from_environment(
     assert open_store(store.describe()).list() == ["k"]  # describe() round-trips
 
 
-@pytest.mark.skipif(not SLOW, reason="~20 s against moto; set VIDEOGEN_SLOW_TESTS=1")
 def test_s3_more_than_1000_keys(moto_s3: s3server.S3Server) -> None:
     store = S3Store(moto_s3.create_bucket(), "many", client=moto_s3.client())
     keys = [f"k/{i:05d}" for i in range(1100)]
