@@ -7,7 +7,7 @@ must stay light (no torch, no diffusers): the API process never loads a model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 TINY_MODEL = "videogen-tiny"
 
@@ -27,7 +27,6 @@ class ModelSpec:
     guidance_scale: float = 5.0
     # Local diffusers directory; None for the built-in tiny model.
     path: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def num_frames(self, seconds: int) -> int:
         """Frames for a clip of `seconds`: Wan's VAE wants 4k+1 frames, fps is a multiple of 4."""

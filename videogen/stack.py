@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 
 from videogen.devserver import DevServer, port_open
-from videogen.settings import DEV_API_KEY
 
 
 @dataclass
@@ -140,5 +139,3 @@ class Stack:
         if self.server:
             self.server.stop()
 
-    def env_for_clients(self) -> dict[str, str]:
-        return {"VIDEOGEN_API_URL": self.api_url, "VIDEOGEN_API_KEY": DEV_API_KEY}

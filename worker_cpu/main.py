@@ -7,6 +7,7 @@ GPU fleet. SIGTERM/SIGINT shut it down gracefully.
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
 
 import structlog
@@ -30,8 +31,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         task_queue=settings.cpu_task_queue,
         workflows=[VideoGeneration],
         activities=[acts.encode_video, acts.cleanup_job],
-        # Encoding is CPU-bound in threads; more at once than cores only adds latency.
-        max_concurrent_activities=4,
+        # Encoding is CPU-bound (x264 on one thread each): more at once than cores only adds
+        # latency to every job.
+        max_concurrent_activities=os.cpu_count() or 1,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
     log.info("cpu worker ready", task_queue=settings.cpu_task_queue, storage=store.describe())
