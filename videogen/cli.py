@@ -47,15 +47,25 @@ def _call(http: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Respon
     try:
         resp = http.request(method, path, **kw)
     except httpx.HTTPError as err:
-        raise CliError(f"cannot reach the API at {http.base_url}: {err}. Is it running "
-                       "(`videogen up`)? Set VIDEOGEN_API_URL for another address.") from None
-    if resp.status_code >= 400:
-        try:
-            msg = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            msg = resp.text[:500]
-        raise CliError(f"HTTP {resp.status_code}: {msg}")
+        raise _unreachable(http, err) from None
+    _raise_for_error(resp)
     return resp
+
+
+def _unreachable(http: httpx.Client, err: Exception) -> CliError:
+    return CliError(f"cannot reach the API at {http.base_url}: {err}. Is it running "
+                    "(`videogen up`)? Set VIDEOGEN_API_URL for another address.")
+
+
+def _raise_for_error(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    resp.read()  # a streamed response has no body loaded yet
+    try:
+        msg = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        msg = resp.text[:500]
+    raise CliError(f"HTTP {resp.status_code}: {msg}")
 
 
 def _line(v: dict[str, Any]) -> str:
@@ -135,14 +145,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _download(http: httpx.Client, video_id: str, variant: str, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    with http.stream("GET", f"/v1/videos/{video_id}/content",
-                     params={"variant": variant}) as resp:
-        if resp.status_code >= 400:
-            resp.read()
-            _call(http, "GET", f"/v1/videos/{video_id}/content", params={"variant": variant})
-        with open(tmp, "wb") as f:
-            for chunk in resp.iter_bytes():
-                f.write(chunk)
+    try:
+        with http.stream("GET", f"/v1/videos/{video_id}/content",
+                         params={"variant": variant}) as resp:
+            _raise_for_error(resp)
+            with open(tmp, "wb") as f:
+                for chunk in resp.iter_bytes():
+                    f.write(chunk)
+    except httpx.HTTPError as err:
+        raise _unreachable(http, err) from None
     tmp.replace(out)
     return out
 
