@@ -1,9 +1,21 @@
-"""The GPU activity: denoise one video on this worker's warm model and store its frames.
+"""The GPU activity: denoise one video on this worker's warm model, resumable at any step.
 
 `DiffusionActivities` owns the loaded pipeline (loaded once per process by the GPU worker) and
 the object store. The denoising loop is blocking torch work, so it runs in a thread while the
 activity's event-loop side heartbeats, sends throttled progress signals to the workflow and
-watches for cancellation, which stops the loop at the next step boundary.
+watches for cancellation and worker shutdown.
+
+Checkpoint/resume (README "Checkpoints and preemption"):
+- per the `CheckpointPolicy`, the loop snapshots its state between two steps and a background
+  thread uploads it; only a confirmed write goes into the heartbeat details
+  (`step`, `checkpoint_uri`, `sha256`, `attempt`, plus the previous checkpoint);
+- a retried attempt reads the last attempt's heartbeat details and resumes from the newest
+  usable checkpoint (verified, compatible), else from step 0, and says which in its progress;
+- worker shutdown (SIGTERM, spot notice) stops at the next step boundary, writes a checkpoint
+  synchronously, heartbeats it and fails the attempt with a retryable `WorkerShutdown`, so the
+  retry starts at once elsewhere and loses no step;
+- NaN/Inf (`PoisonedStateError`) is never checkpointed: the attempt fails retryably and the
+  worker is told to exit (`on_poisoned`) so it restarts with a freshly loaded model.
 """
 
 from __future__ import annotations
@@ -11,22 +23,34 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import structlog
+import torch
 from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
-from activities import pipeline
+from activities import checkpoint, pipeline
+from activities.checkpoint import CheckpointPolicy, CheckpointRef, CheckpointWriter
 from activities.media import frames_to_bytes
 from videogen import contracts as c
+from videogen import metrics
 from videogen.storage import ObjectStore
 
 log = structlog.get_logger(__name__)
 
 # How often the event-loop side looks at the denoising thread. Well under one step of a real
-# model, so cancellation and heartbeats are never late by more than this.
+# model, so cancellation, shutdown and heartbeats are never late by more than this.
 POLL_INTERVAL_S = 0.05
+# A job whose steps keep producing NaN/Inf on this many attempts fails instead of retrying.
+MAX_POISONED_ATTEMPTS = 3
+# Delay before the retry of a gracefully preempted attempt: it has a fresh checkpoint and
+# another worker may be idle, so there is no reason for the retry policy's backoff.
+PREEMPTED_RETRY_DELAY = timedelta(milliseconds=100)
 
 
 class _Stopped(Exception):
@@ -38,12 +62,47 @@ class _Progress:
     phase: str = c.PHASE_STARTING
     step: int = 0
     total: int = 0
+    resumed_from: int | None = None
+    wasted: int = 0
+
+
+@dataclass
+class _Prior:
+    """What the last attempt that heartbeated left in its details."""
+
+    raw: dict[str, Any] | None
+    newest: CheckpointRef | None
+    previous: CheckpointRef | None
+    reached_step: int
+    wasted_steps: int
+    poisoned: int
+
+    @classmethod
+    def parse(cls, details: list[Any] | tuple[Any, ...]) -> _Prior:
+        raw = details[0] if details and isinstance(details[0], dict) else None
+        d = raw or {}
+
+        def as_int(v: object) -> int:
+            return v if isinstance(v, int) and v >= 0 else 0
+
+        return cls(raw=raw, newest=CheckpointRef.from_dict(d),
+                   previous=CheckpointRef.from_dict(d.get("previous")),
+                   reached_step=as_int(d.get("reached_step")),
+                   wasted_steps=as_int(d.get("wasted_steps")),
+                   poisoned=as_int(d.get("poisoned")))
 
 
 class DiffusionActivities:
-    def __init__(self, model: pipeline.LoadedModel, store: ObjectStore) -> None:
+    def __init__(self, model: pipeline.LoadedModel, store: ObjectStore, *,
+                 policy: CheckpointPolicy | None = None, checkpoint_retries: int = 3,
+                 checkpoint_backoff_s: float = 0.5,
+                 on_poisoned: Callable[[], None] | None = None) -> None:
         self._model = model
         self._store = store
+        self._policy = policy or CheckpointPolicy()
+        self._retries = checkpoint_retries
+        self._backoff_s = checkpoint_backoff_s
+        self._on_poisoned = on_poisoned
         # The worker runs one activity at a time; the lock makes that a property of the class
         # too, so a misconfigured worker cannot run two jobs on one GPU.
         self._busy = threading.Lock()
@@ -76,53 +135,75 @@ class DiffusionActivities:
         except ValueError as err:
             raise ApplicationError(str(err), type=c.ERR_INVALID_INPUT, non_retryable=True) from err
 
-        progress = _Progress(total=req.num_inference_steps)
-        stop = threading.Event()
+        prior = _Prior.parse(info.heartbeat_details)
+        run = _Run(
+            job_id=req.job_id, attempt=attempt, prior=prior,
+            progress=_Progress(total=req.num_inference_steps,
+                               step=prior.newest.step if prior.newest else 0),
+            writer=CheckpointWriter(
+                self._store, self._model, job_id=req.job_id, attempt=attempt,
+                retries=self._retries, backoff_s=self._backoff_s,
+                initial=[r for r in (prior.previous, prior.newest) if r is not None],
+            ),
+        )
 
-        def on_step(done: int, total: int) -> None:
-            progress.phase = c.PHASE_DENOISING
-            progress.step, progress.total = done, total
-            if done == total:
-                progress.phase = c.PHASE_DECODING
-            if stop.is_set():
-                raise _Stopped
-
-        def run() -> bytes:
-            if not self._busy.acquire(blocking=False):
-                raise RuntimeError("a generation is already running on this GPU")
-            try:
-                progress.phase = c.PHASE_DENOISING
-                frames = pipeline.generate(self._model, params, on_step=on_step)
-                return frames_to_bytes(frames)
-            finally:
-                self._busy.release()
-
-        logger.info("generation started", steps=req.num_inference_steps)
+        logger.info("generation started", steps=req.num_inference_steps,
+                    checkpoint_policy=self._policy.describe(),
+                    resume_candidate=prior.newest.step if prior.newest else None)
         started = time.monotonic()
         signaller = _ProgressSignaller(req, attempt)
-        await signaller.send(progress, force=True)
-        work = asyncio.ensure_future(asyncio.to_thread(run))
+        await signaller.send(run.progress, force=True)
+        work = asyncio.ensure_future(asyncio.to_thread(self._work, run, params, logger))
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
-                activity.heartbeat({"step": progress.step, "phase": progress.phase})
-                await signaller.send(progress)
+                if activity.is_worker_shutdown() and not run.preempt.is_set():
+                    logger.info("worker shutting down: checkpointing at the next step boundary",
+                                step=run.progress.step)
+                    run.preempt.set()
+                activity.heartbeat(run.details())
+                await signaller.send(run.progress)
             data = work.result()
         except asyncio.CancelledError:
-            # Stop the loop at the next step and wait for it, so the GPU is really free before
-            # the cancellation is reported (the workflow waits for that report).
-            stop.set()
+            # Stop the loop at the next step and wait for it (and for a checkpoint upload in
+            # flight), so the GPU is really free and nothing is written after the workflow
+            # cleans up; the workflow waits for this report.
+            run.cancel.set()
             await _wait_uninterrupted(work)
-            logger.info("generation cancelled", step=progress.step)
+            await asyncio.to_thread(run.writer.drain)
+            run.writer.close()
+            details = activity.cancellation_details()
+            if details is not None and (details.not_found or details.timed_out):
+                # This attempt timed out and was retried elsewhere: a stale attempt.
+                await self._discard_stale(run, logger)
+            logger.info("generation cancelled", step=run.progress.step)
             raise
         except pipeline.PoisonedStateError as err:
-            logger.error("poisoned state", error=str(err))
-            raise ApplicationError(str(err), type="PoisonedState") from err
+            raise await self._poisoned(run, err, logger) from err
+        finally:
+            if not work.done():  # an unexpected error on this side: do not leave it running
+                run.cancel.set()
 
+        await asyncio.to_thread(run.writer.drain)
+        run.writer.close()
+        if data is None:
+            await self._preempted(run, logger)
+
+        # A stale attempt (timed out and retried elsewhere, then back to life) must not
+        # publish: Temporal would reject its completion anyway, but its write would be waste.
+        if not await _is_current_attempt():
+            await self._discard_stale(run, logger)
+            raise ApplicationError("this attempt was superseded by a retry; result discarded",
+                                   type="StaleAttempt")
         key = c.frames_key(req.job_id, attempt)
+        assert data is not None
         await asyncio.to_thread(self._store.put, key, data)
         elapsed = time.monotonic() - started
-        logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key)
+        logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
+                    resumed_from_step=run.progress.resumed_from,
+                    wasted_steps=run.progress.wasted,
+                    checkpoints=run.writer.stats.written,
+                    checkpoint_failures=run.writer.stats.failed)
         return c.GenerateOutput(
             frames_key=key,
             num_frames=req.num_frames,
@@ -131,7 +212,209 @@ class DiffusionActivities:
             attempt=attempt,
             device=self._model.device,
             generation_seconds=elapsed,
+            resumed_from_step=run.progress.resumed_from,
+            wasted_steps=run.progress.wasted,
+            checkpoints_written=run.writer.stats.written,
         )
+
+    # -- the denoising thread -------------------------------------------------------------------
+
+    def _work(self, run: _Run, params: pipeline.GenerationParams,
+              logger: structlog.typing.FilteringBoundLogger) -> bytes | None:
+        """Resume or start, denoise with checkpoints, decode. None: stopped for preemption."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("a generation is already running on this GPU")
+        try:
+            state = self._start(run, params, logger)
+            model, policy, writer, p = self._model, self._policy, run.writer, run.progress
+            last_step, last_at = state.next_step, time.monotonic()
+            while not state.done:
+                if run.cancel.is_set():
+                    raise _Stopped
+                if run.preempt.is_set():
+                    run.state = state
+                    return None
+                # 1. One denoising step (raises PoisonedStateError on NaN/Inf, state intact).
+                pipeline.denoise_step(model, state)
+                p.phase, p.step = c.PHASE_DENOISING, state.next_step
+                # 2. Checkpoint when due and no upload is in flight: a snapshot here (a copy),
+                #    serialisation and upload on the writer's thread.
+                now = time.monotonic()
+                if not writer.busy and policy.due(steps_since=state.next_step - last_step,
+                                                  seconds_since=now - last_at,
+                                                  cost_s=writer.stats.cost_s):
+                    writer.submit(checkpoint.snapshot(state, job_id=run.job_id,
+                                                      attempt=run.attempt, device=model.device))
+                    last_step, last_at = state.next_step, now
+            run.state = state
+            # 3. Decode.
+            p.phase = c.PHASE_DECODING
+            return frames_to_bytes(pipeline.decode(model, state))
+        finally:
+            self._busy.release()
+
+    def _start(self, run: _Run, params: pipeline.GenerationParams,
+               logger: structlog.typing.FilteringBoundLogger) -> pipeline.DenoiseState:
+        """The state to denoise from: the newest usable checkpoint, else step 0."""
+        prior, p = run.prior, run.progress
+        found, skipped = None, []
+        if prior.raw is not None or run.attempt > 1:
+            p.phase = c.PHASE_RESUMING
+            found, skipped = checkpoint.find_resume_point(
+                self._store, self._model, params, job_id=run.job_id,
+                num_threads=torch.get_num_threads(), newest=prior.newest,
+                previous=prior.previous)
+        for reason in skipped:
+            logger.warning("checkpoint not usable", reason=reason)
+        if found is not None:
+            state = found.state
+            wasted = max(0, prior.reached_step - state.next_step)
+            logger.info("resuming", from_step=state.next_step, source=found.source,
+                        checkpoint=found.ref.key, wasted_steps=wasted)
+            for w in found.warnings:
+                logger.warning("resume may not be bit-identical", reason=w)
+            run.writer.reset([found.ref])
+            metrics.RESUMES.labels(found.source).inc()
+        else:
+            if run.attempt > 1:
+                logger.warning("no usable checkpoint: starting from step 0",
+                               tried=len(skipped))
+                metrics.RESUMES.labels("scratch").inc()
+            state = pipeline.prepare(self._model, params)
+            wasted = prior.reached_step
+            run.writer.reset([])
+        metrics.WASTED_STEPS.inc(wasted)
+        p.wasted = prior.wasted_steps + wasted
+        p.resumed_from = state.next_step if (found or run.attempt > 1) else None
+        p.step = state.next_step
+        p.phase = c.PHASE_DENOISING
+        run.started = True
+        return state
+
+    # -- endings -------------------------------------------------------------------------------
+
+    async def _preempted(self, run: _Run, logger: structlog.typing.FilteringBoundLogger) -> None:
+        """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
+        state = run.state
+        assert state is not None
+        newest = run.writer.newest
+        if newest is None or newest.step != state.next_step:
+            snap = checkpoint.snapshot(state, job_id=run.job_id, attempt=run.attempt,
+                                       device=self._model.device)
+            await asyncio.to_thread(run.writer.write, snap)
+        newest = run.writer.newest
+        # The failure below flushes these details to the server before it is reported.
+        activity.heartbeat(run.details())
+        metrics.PREEMPTIONS.labels("graceful").inc()
+        at = newest.step if newest else 0
+        lost = state.next_step - at
+        logger.info("preempted: attempt handed over", step=state.next_step,
+                    checkpoint_step=at, lost_steps=lost)
+        raise ApplicationError(
+            f"worker shut down at step {state.next_step}; the retry resumes from step {at}",
+            type=c.ERR_WORKER_SHUTDOWN,
+            next_retry_delay=PREEMPTED_RETRY_DELAY,
+        )
+
+    async def _poisoned(self, run: _Run, err: pipeline.PoisonedStateError,
+                        logger: structlog.typing.FilteringBoundLogger) -> ApplicationError:
+        """NaN/Inf: never checkpointed; fail this attempt and have the worker restart."""
+        await asyncio.to_thread(run.writer.drain)
+        run.writer.close()
+        run.poisoned = run.prior.poisoned + 1
+        activity.heartbeat(run.details())
+        metrics.PREEMPTIONS.labels("poisoned").inc()
+        final = run.poisoned >= MAX_POISONED_ATTEMPTS
+        logger.error("poisoned state: worker will restart", error=str(err),
+                     poisoned_attempts=run.poisoned, giving_up=final)
+        if self._on_poisoned is not None:
+            self._on_poisoned()
+        if final:
+            return ApplicationError(
+                f"{err} on {run.poisoned} attempts; the model cannot generate this request "
+                "(try another seed or prompt)", type=c.ERR_POISONED, non_retryable=True,
+            )
+        return ApplicationError(f"{err}; retrying from the last checkpoint on a fresh worker",
+                                type=c.ERR_POISONED)
+
+    async def _discard_stale(self, run: _Run,
+                             logger: structlog.typing.FilteringBoundLogger) -> None:
+        """A superseded attempt: once the job is over, delete the checkpoints it wrote."""
+        written = [r.key for r in run.writer.stats.history]
+        closed = await _workflow_closed()
+        if closed and written:
+            for key in written:
+                await asyncio.to_thread(self._store.delete, key)
+        logger.warning("stale attempt discarded", job_closed=closed,
+                       checkpoints_deleted=len(written) if closed else 0)
+
+
+@dataclass
+class _Run:
+    """What the denoising thread and the event-loop side of one attempt share."""
+
+    job_id: str
+    attempt: int
+    prior: _Prior
+    progress: _Progress
+    writer: CheckpointWriter
+    state: pipeline.DenoiseState | None = None
+    started: bool = False
+    poisoned: int = 0
+
+    def __post_init__(self) -> None:
+        self.cancel = threading.Event()
+        self.preempt = threading.Event()
+        self.poisoned = self.prior.poisoned
+
+    def details(self) -> dict[str, Any]:
+        """Heartbeat details: the confirmed checkpoints and how far this attempt got."""
+        if not self.started and self.prior.raw is not None:
+            # Still restoring: keep the last attempt's details as they were, so a crash now
+            # leaves the next attempt exactly what this one had.
+            return {**self.prior.raw, "poisoned": self.poisoned}
+        newest, previous = self.writer.newest, self.writer.previous
+        d: dict[str, Any] = newest.to_dict() if newest else {"step": None}
+        d.update(
+            attempt=self.attempt,
+            previous=previous.to_dict() if previous else None,
+            reached_step=self.progress.step,
+            phase=self.progress.phase,
+            wasted_steps=self.progress.wasted,
+            poisoned=self.poisoned,
+        )
+        return d
+
+
+async def _is_current_attempt() -> bool:
+    """Whether the server still runs this very attempt (not a retry of it, not a closed job)."""
+    info = activity.info()
+    try:
+        handle = activity.client().get_workflow_handle(info.workflow_id,
+                                                       run_id=info.workflow_run_id)
+        desc = await handle.describe()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # cannot tell (no client in unit tests, server busy): let Temporal judge
+        return True
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return False
+    for pending in desc.raw_description.pending_activities:
+        if pending.activity_id == info.activity_id:
+            return pending.attempt == info.attempt
+    return False
+
+
+async def _workflow_closed() -> bool:
+    info = activity.info()
+    try:
+        desc = await activity.client().get_workflow_handle(
+            info.workflow_id, run_id=info.workflow_run_id).describe()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        return False
+    return desc.status != WorkflowExecutionStatus.RUNNING
 
 
 class _ProgressSignaller:
@@ -146,21 +429,28 @@ class _ProgressSignaller:
         self._attempt = attempt
         self._last: tuple[str, int] | None = None
         self._last_at = 0.0
+        self._enabled = True
 
     async def send(self, p: _Progress, *, force: bool = False) -> None:
         now = time.monotonic()
         key = (p.phase, p.step)
-        if key == self._last:
+        if key == self._last or not self._enabled:
             return
         phase_changed = self._last is None or self._last[0] != p.phase
         if not (force or phase_changed or now - self._last_at >= self._req.progress_interval_s):
             return
         self._last, self._last_at = key, now
         update = c.ProgressUpdate(
-            attempt=self._attempt, phase=p.phase, step=p.step, total_steps=p.total
+            attempt=self._attempt, phase=p.phase, step=p.step, total_steps=p.total,
+            resumed_from_step=p.resumed_from, wasted_steps=p.wasted,
         )
         try:
-            handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+            client = activity.client()
+        except RuntimeError:  # no client: an ActivityEnvironment without one (unit tests)
+            self._enabled = False
+            return
+        try:
+            handle = client.get_workflow_handle(activity.info().workflow_id)
             await handle.signal(c.SIGNAL_PROGRESS, update)
         except asyncio.CancelledError:
             raise

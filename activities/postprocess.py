@@ -53,10 +53,11 @@ class PostprocessActivities:
 
     @activity.defn(name=c.ACTIVITY_CLEANUP)
     async def cleanup_job(self, inp: c.CleanupInput) -> int:
-        """Delete a job's intermediate frames (and its outputs on cancel/failure)."""
+        """Delete a job's frames and checkpoints (and its outputs on cancel/failure)."""
 
         def work() -> int:
             n = self._store.delete_prefix(c.frames_prefix(inp.job_id))
+            n += self._store.delete_prefix(c.checkpoints_prefix(inp.job_id))
             if inp.remove_outputs:
                 n += self._store.delete_prefix(c.outputs_prefix(inp.job_id))
             return n

@@ -9,12 +9,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+import s3server
 
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack
 
 OTHER_KEY = "other-key"
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[s3server.S3Server]:
+    """One real S3-protocol server (moto, HTTP on loopback) for the session; tests take a
+    fresh bucket each."""
+    with s3server.s3_server() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory,
           request: pytest.FixtureRequest) -> Iterator[Stack]:

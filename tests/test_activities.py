@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import media, pipeline
+from activities import checkpoint, media, pipeline
+from activities.checkpoint import CheckpointPolicy
 from activities.diffusion import DiffusionActivities
 from activities.postprocess import PostprocessActivities
-from videogen import catalog
+from videogen import catalog, metrics
 from videogen import contracts as c
-from videogen.storage import FileStore
+from videogen.storage import FileStore, StorageError
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,11 @@ async def test_generate_stores_frames_under_the_attempt_key(model: pipeline.Load
         job_id="video_unit", frames_key=out.frames_key, fps=8))
     assert media.probe_mp4(store.get(enc.video_key)).frames == 9
     assert enc.duration_s == pytest.approx(9 / 8)
-    assert await ActivityEnvironment().run(post.cleanup_job, c.CleanupInput("video_unit")) == 1
-    assert store.list("frames/") == [] and len(store.list("videos/video_unit/")) == 3
+    assert store.list(c.checkpoints_prefix("video_unit")), "the default policy checkpoints"
+    removed = await ActivityEnvironment().run(post.cleanup_job, c.CleanupInput("video_unit"))
+    assert removed >= 2
+    assert store.list("frames/") == [] and store.list("checkpoints/") == []
+    assert len(store.list("videos/video_unit/")) == 3
 
 
 @pytest.mark.parametrize(("override", "fragment"), [
@@ -80,7 +86,7 @@ async def test_cancel_stops_within_a_step(model: pipeline.LoadedModel, tmp_path:
     acts = DiffusionActivities(model, FileStore(tmp_path))
     env = _env()
     steps: list[object] = []
-    env.on_heartbeat = lambda *details: steps.append(details[0]["step"])
+    env.on_heartbeat = lambda *details: steps.append(details[0].get("reached_step", 0))
     req = _request(width=256, height=256, num_frames=33, num_inference_steps=500)
     task = asyncio.ensure_future(env.run(acts.generate_video, c.GenerateInput(req)))
     while not steps or steps[-1] < 1:  # wait until it is really denoising
@@ -89,7 +95,195 @@ async def test_cancel_stops_within_a_step(model: pipeline.LoadedModel, tmp_path:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=30)
     assert steps[-1] < 500
-    assert FileStore(tmp_path).list() == []
+    # No frames; the checkpoints stay for the workflow's cleanup (they may yet be resumed).
+    assert all(k.startswith("checkpoints/") for k in FileStore(tmp_path).list())
     # The GPU is free again: the next job runs at once.
     out = await _env().run(acts.generate_video, c.GenerateInput(_request()))
     assert out.num_frames == 9
+
+
+# -- checkpoints, preemption, poisoned state -------------------------------------------------
+
+STEPS_POLICY = CheckpointPolicy(mode="steps", every_steps=4)
+LONG = {"num_inference_steps": 40}
+
+
+def _reference(model: pipeline.LoadedModel, req: c.VideoRequest) -> np.ndarray:
+    return pipeline.generate(model, pipeline.GenerationParams(
+        prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
+        width=req.width, height=req.height, num_frames=req.num_frames,
+        num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale))
+
+
+async def _run_until(acts: DiffusionActivities, req: c.VideoRequest, env: ActivityEnvironment,
+                     reached: int, action: str) -> tuple[BaseException, list[dict[str, Any]]]:
+    """Run one attempt; when its heartbeats show `reached` steps, shut the worker down or
+    (a crash, as the server sees it) stop listening. The attempt's error and heartbeats."""
+    beats: list[dict[str, Any]] = []
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    task = asyncio.ensure_future(env.run(acts.generate_video, c.GenerateInput(req)))
+    while not beats or (beats[-1].get("reached_step") or 0) < reached:
+        assert not task.done(), "finished before the interruption point"
+        await asyncio.sleep(0.01)
+    if action == "shutdown":
+        env.worker_shutdown()
+    else:
+        env.cancel()
+    with pytest.raises(BaseException) as info:
+        await asyncio.wait_for(task, timeout=60)
+    return info.value, beats
+
+
+def _attempt(n: int, details: dict[str, Any] | None) -> ActivityEnvironment:
+    env = _env(attempt=n)
+    env.info = dataclasses.replace(env.info, heartbeat_details=[details] if details else [])
+    return env
+
+
+async def test_graceful_shutdown_hands_over_without_losing_a_step(
+        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    acts = DiffusionActivities(model, store, policy=STEPS_POLICY)
+    req = _request(**LONG)
+    err, beats = await _run_until(acts, req, _env(attempt=1), reached=6, action="shutdown")
+    assert isinstance(err, ApplicationError) and err.type == c.ERR_WORKER_SHUTDOWN
+    assert not err.non_retryable and err.next_retry_delay is not None
+    last = beats[-1]
+    # The final heartbeat names a checkpoint of exactly the step the loop stopped at.
+    assert last["step"] == last["reached_step"] >= 6 and last["attempt"] == 1
+    assert store.exists(last["checkpoint_key"]) and last["checkpoint_uri"].endswith(
+        last["checkpoint_key"])
+    assert last["previous"]["step"] < last["step"]
+
+    out = await _attempt(2, last).run(acts.generate_video, c.GenerateInput(req))
+    assert out.resumed_from_step == last["step"] and out.wasted_steps == 0
+    _assert_reference(store, out, model, req)
+
+
+async def _crashed(model: pipeline.LoadedModel, store: FileStore
+                   ) -> tuple[DiffusionActivities, c.VideoRequest, list[dict[str, Any]]]:
+    """Attempt 1 of a 40-step job that stops heartbeating (dies, as the server sees it) after
+    10 steps; its activities, request and heartbeats."""
+    acts = DiffusionActivities(model, store, policy=STEPS_POLICY)
+    req = _request(**LONG)
+    _, beats = await _run_until(acts, req, _env(attempt=1), reached=10, action="crash")
+    return acts, req, beats
+
+
+def _assert_reference(store: FileStore, out: c.GenerateOutput, model: pipeline.LoadedModel,
+                      req: c.VideoRequest) -> None:
+    assert (media.frames_from_bytes(store.get(out.frames_key)) == _reference(model, req)).all()
+
+
+async def test_a_crash_resumes_from_the_last_heartbeated_checkpoint(
+        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    acts, req, beats = await _crashed(model, store)
+    # What the server held when the worker died: some heartbeat with a checkpoint. Checkpoints
+    # confirmed after it would be found by listing (and used); drop them to see the heartbeat's.
+    held = next(b for b in reversed(beats) if b.get("step"))
+    for key in store.list("checkpoints/"):
+        if (checkpoint.step_of_key(key) or 0) > held["step"]:
+            store.delete(key)
+    out = await _attempt(2, held).run(acts.generate_video, c.GenerateInput(req))
+    assert out.resumed_from_step == held["step"]
+    assert out.wasted_steps == held["reached_step"] - held["step"]
+    assert 0 <= out.wasted_steps <= STEPS_POLICY.every_steps + 1
+    _assert_reference(store, out, model, req)
+
+
+async def test_a_checkpoint_newer_than_the_last_heartbeat_is_used(
+        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    acts, req, beats = await _crashed(model, store)
+    stale = next(b for b in beats if b.get("step"))  # an early heartbeat: older checkpoint
+    newest = max(checkpoint.step_of_key(k) or 0 for k in store.list("checkpoints/"))
+    assert newest > stale["step"]
+    out = await _attempt(2, stale).run(acts.generate_video, c.GenerateInput(req))
+    assert out.resumed_from_step == newest
+    _assert_reference(store, out, model, req)
+
+
+async def test_no_usable_checkpoint_starts_over_and_says_so(
+        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    acts, req, beats = await _crashed(model, store)
+    held = next(b for b in reversed(beats) if b.get("step"))
+    store.delete_prefix("checkpoints/")
+    out = await _attempt(2, held).run(acts.generate_video, c.GenerateInput(req))
+    assert out.resumed_from_step == 0 and out.wasted_steps == held["reached_step"]
+    _assert_reference(store, out, model, req)
+
+
+async def test_poisoned_state_is_never_checkpointed_and_restarts_the_worker(
+        model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path)
+    restarts: list[bool] = []
+    acts = DiffusionActivities(model, store, policy=CheckpointPolicy(mode="steps", every_steps=1),
+                               on_poisoned=lambda: restarts.append(True))
+    req = _request(num_inference_steps=12)
+    transformer = model.pipe.transformer
+    real_forward = transformer.forward
+    calls = {"n": 0}
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = real_forward(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 2 * 5:  # two passes per step: steps 0-4 are fine, step 5 is NaN
+            out[0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(transformer, "forward", forward)
+    beats: list[dict[str, Any]] = []
+    env = _env(attempt=1)
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    with pytest.raises(ApplicationError) as info:
+        await env.run(acts.generate_video, c.GenerateInput(req))
+    assert info.value.type == c.ERR_POISONED and not info.value.non_retryable
+    assert restarts == [True] and beats[-1]["poisoned"] == 1
+    steps = sorted(checkpoint.step_of_key(k) or 0 for k in store.list("checkpoints/"))
+    assert steps and max(steps) == 5, steps  # nothing past the last good step
+
+    # The model is fine again (a fresh worker): the retry resumes from the last good step.
+    monkeypatch.setattr(transformer, "forward", real_forward)
+    out = await _attempt(2, beats[-1]).run(acts.generate_video, c.GenerateInput(req))
+    assert out.resumed_from_step == 5
+    _assert_reference(store, out, model, req)
+
+
+async def test_repeated_poisoning_fails_the_job(model: pipeline.LoadedModel, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    acts = DiffusionActivities(model, FileStore(tmp_path), on_poisoned=lambda: None)
+    transformer = model.pipe.transformer
+    real_forward = transformer.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = real_forward(*args, **kwargs)
+        out[0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(transformer, "forward", forward)
+    prior = {"step": None, "attempt": 2, "reached_step": 0, "poisoned": 2}
+    with pytest.raises(ApplicationError) as info:
+        await _attempt(3, prior).run(acts.generate_video, c.GenerateInput(_request()))
+    assert info.value.non_retryable and info.value.type == c.ERR_POISONED
+    assert "3 attempts" in info.value.message
+
+
+async def test_store_outage_loses_checkpoints_not_the_job(model: pipeline.LoadedModel,
+                                                          tmp_path: Path) -> None:
+    class Flaky(FileStore):
+        def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+            if key.startswith("checkpoints/"):
+                raise StorageError("connection reset")
+            super().put(key, data, if_absent=if_absent)
+
+    store = Flaky(tmp_path)
+    acts = DiffusionActivities(model, store, policy=CheckpointPolicy(mode="steps", every_steps=2),
+                               checkpoint_retries=2, checkpoint_backoff_s=0.0)
+    before = metrics.CHECKPOINT_FAILURES._value.get()
+    req = _request(num_inference_steps=6)
+    out = await _env().run(acts.generate_video, c.GenerateInput(req))
+    assert out.checkpoints_written == 0
+    assert metrics.CHECKPOINT_FAILURES._value.get() > before
+    _assert_reference(store, out, model, req)

@@ -21,13 +21,9 @@ from videogen.stack import Stack
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[s3server.S3Server]:
-    with s3server.s3_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3_stack(tmp_path_factory: pytest.TempPathFactory, s3: s3server.S3Server) -> Iterator[Stack]:
+def s3_stack(tmp_path_factory: pytest.TempPathFactory,
+             moto_s3: s3server.S3Server) -> Iterator[Stack]:
+    s3 = moto_s3
     bucket = s3.create_bucket()
     data = tmp_path_factory.mktemp("s3stack")
     env = {k: v for k, v in s3.subprocess_env().items()}
@@ -44,7 +40,7 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory, s3: s3server.S3Server) ->
     stack.stop()
 
 
-def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, s3: s3server.S3Server,
+def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3server.S3Server,
                                                   api: httpx.Client) -> None:
     with httpx.Client(base_url=s3_stack.api_url, timeout=30,
                       headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as s3_api:
@@ -53,7 +49,7 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, s3: s3server.S
         video = s3_api.get(f"/v1/videos/{v['id']}/content").content
         assert probe_mp4(video).frames == 9
 
-        keys = [o["Key"] for o in s3.client().list_objects_v2(
+        keys = [o["Key"] for o in moto_s3.client().list_objects_v2(
             Bucket=s3_stack.bucket, Prefix="videogen/").get("Contents", [])]  # type: ignore[attr-defined]
         assert f"videogen/videos/{v['id']}/video.mp4" in keys
         assert not [k for k in keys if k.startswith(f"videogen/frames/{v['id']}/")]
@@ -66,6 +62,6 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, s3: s3server.S
 
         # Delete removes the objects from the bucket.
         assert s3_api.delete(f"/v1/videos/{v['id']}").status_code == 200
-        keys = [o["Key"] for o in s3.client().list_objects_v2(
+        keys = [o["Key"] for o in moto_s3.client().list_objects_v2(
             Bucket=s3_stack.bucket, Prefix=f"videogen/videos/{v['id']}/").get("Contents", [])]  # type: ignore[attr-defined]
         assert keys == []

@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,12 +34,6 @@ from videogen.storage import (
 # instead, and the full-size run is opt-in.
 
 S3_PREFIX = "pfx/sub"
-
-
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[s3server.S3Server]:
-    with s3server.s3_server() as server:
-        yield server
 
 
 @pytest.fixture(params=["file", "s3"])

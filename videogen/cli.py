@@ -193,10 +193,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logs.configure()
     if args.kind == "gpu":
-        from worker_gpu.main import run
-    else:
-        from worker_cpu.main import run
-    asyncio.run(run(_settings()))
+        from worker_gpu.main import run as run_gpu
+
+        # Non-zero (EXIT_POISONED) asks the supervisor for a restart with a fresh model.
+        return asyncio.run(run_gpu(_settings()))
+    from worker_cpu.main import run as run_cpu
+
+    asyncio.run(run_cpu(_settings()))
     return 0
 
 

@@ -7,6 +7,7 @@ workflow sandbox and the API import this module.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 # Temporal names shared by the API, the workers and operators (`temporal workflow ...`).
@@ -29,12 +30,18 @@ SEARCH_ATTRIBUTES = {SA_USER: "Keyword", SA_TIER: "Keyword", SA_MODEL: "Keyword"
 ERR_INVALID_INPUT = "InvalidInput"
 ERR_MODEL_MISMATCH = "ModelMismatch"
 NON_RETRYABLE_ERRORS = [ERR_INVALID_INPUT, ERR_MODEL_MISMATCH]
+# Retryable: the attempt ended early on purpose (preemption) or on a bad step (NaN/Inf); the
+# retry resumes from the last checkpoint. PoisonedState becomes non-retryable when it repeats.
+ERR_WORKER_SHUTDOWN = "WorkerShutdown"
+ERR_POISONED = "PoisonedState"
 
 # Job statuses (OpenAI Videos API) and the finer phases of our own.
 QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
     "queued", "in_progress", "completed", "failed", "cancelled")
 PHASE_QUEUED, PHASE_STARTING, PHASE_DENOISING, PHASE_DECODING, PHASE_ENCODING = (
     "queued", "starting", "denoising", "decoding", "encoding")
+# A retried attempt restoring a checkpoint: `resumed_from_step` says from where.
+PHASE_RESUMING = "resuming"
 
 
 def frames_key(job_id: str, attempt: int) -> str:
@@ -44,6 +51,18 @@ def frames_key(job_id: str, attempt: int) -> str:
 
 def frames_prefix(job_id: str) -> str:
     return f"frames/{job_id}/"
+
+
+def checkpoints_prefix(job_id: str) -> str:
+    """`checkpoints/<2 hex>/<job>/`: the hashed level spreads a fleet-wide preemption's write
+    storm over 256 key prefixes (S3 rate limits are per prefix)."""
+    shard = hashlib.sha256(job_id.encode()).hexdigest()[:2]
+    return f"checkpoints/{shard}/{job_id}/"
+
+
+def checkpoint_key(job_id: str, attempt: int, step: int) -> str:
+    """One object per attempt and step: attempts never overwrite each other's checkpoints."""
+    return f"{checkpoints_prefix(job_id)}attempt-{attempt}/step-{step:06d}.safetensors"
 
 
 def outputs_prefix(job_id: str) -> str:
@@ -104,6 +123,11 @@ class GenerateOutput:
     attempt: int
     device: str
     generation_seconds: float
+    # Where this attempt started (None: from step 0), and the steps all attempts of the job
+    # computed and then lost to preemptions (as far as their heartbeats showed).
+    resumed_from_step: int | None = None
+    wasted_steps: int = 0
+    checkpoints_written: int = 0
 
 
 @dataclass
@@ -135,12 +159,14 @@ class JobResult:
     attempt: int
     device: str
     generation_seconds: float
+    resumed_from_step: int | None = None
+    wasted_steps: int = 0
 
 
 @dataclass
 class CleanupInput:
     job_id: str
-    # False after success (only intermediate frames go), True on cancel/failure (everything).
+    # False after success (frames and checkpoints go), True on cancel/failure (everything).
     remove_outputs: bool = False
 
 
@@ -153,6 +179,7 @@ class ProgressUpdate:
     step: int = 0
     total_steps: int = 0
     resumed_from_step: int | None = None
+    wasted_steps: int = 0
 
 
 @dataclass
@@ -172,5 +199,6 @@ class JobStatus:
     total_steps: int = 0
     attempt: int = 0
     resumed_from_step: int | None = None
+    wasted_steps: int = 0
     error: JobError | None = None
     result: JobResult | None = None

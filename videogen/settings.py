@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,6 +60,29 @@ class Settings(BaseSettings):
     gpu_start_timeout_s: float = Field(
         0, ge=0, description="Fail a job if no GPU worker picks it up in this time (0 = wait)."
     )
+
+    # Checkpoints and preemption (GPU worker; README "Checkpoints and preemption").
+    checkpoint_policy: Literal["adaptive", "steps", "seconds", "off"] = Field(
+        "adaptive", description="When the GPU activity checkpoints: adaptive (Young-Daly), "
+        "every N steps, every T seconds, or off.")
+    checkpoint_every_steps: int = Field(10, ge=1, description="N for the 'steps' policy.")
+    checkpoint_every_s: float = Field(30.0, gt=0, description="T for the 'seconds' policy.")
+    preemption_mtbf_s: float = Field(
+        3600.0, gt=0, description="Mean time between preemptions of one GPU worker, for the "
+        "adaptive policy's interval sqrt(2 * checkpoint cost * MTBF).")
+    checkpoint_retries: int = Field(3, ge=1, description="Tries per checkpoint write.")
+    checkpoint_backoff_s: float = Field(0.5, ge=0, description="First retry delay (doubles).")
+    graceful_shutdown_s: float = Field(
+        90.0, gt=0, description="On SIGTERM, time for the running step plus a checkpoint "
+        "write before the GPU worker gives up on a graceful hand-over.")
+    spot_notice_url: str = Field(
+        "", description="Instance-metadata URL of spot interruption notices (AWS: "
+        "http://169.254.169.254/latest/meta-data/spot/instance-action); empty = off.")
+    spot_notice_poll_s: float = Field(5.0, gt=0, description="How often to poll it.")
+    torch_threads: int = Field(
+        0, ge=0, description="Torch CPU threads of the GPU worker (0 = torch's default). "
+        "Checkpoints resume bit for bit only with the same count on the CPU.")
+    worker_metrics_port: int = Field(0, ge=0, description="GPU worker /metrics port (0 = off).")
 
     @field_validator("task_queue_prefix")
     @classmethod

@@ -1,52 +1,124 @@
 """The GPU worker process: loads its model once, then runs one diffusion activity at a time.
 
 It polls the task queue of the model it holds (warm-model routing), so a job only ever lands on
-a worker that has that model in memory. SIGTERM/SIGINT shut it down gracefully.
+a worker that has that model in memory.
+
+Shutdown is a preemption: SIGTERM, SIGINT or a spot interruption notice make the running
+activity checkpoint at the next step boundary and hand the job over (a retryable failure that
+another worker resumes at once); then the process exits 0. A poisoned state (NaN/Inf) makes it
+exit with EXIT_POISONED so its supervisor restarts it with a freshly loaded model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from datetime import timedelta
 
 import structlog
+import torch
 from temporalio.worker import Worker
 
 from activities import pipeline
+from activities.checkpoint import CheckpointPolicy
 from activities.diffusion import DiffusionActivities
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect, run_until_stopped
+from worker_gpu import spot
 
 log = structlog.get_logger(__name__)
 
+EXIT_POISONED = 3
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+
+def configure_torch(settings: Settings, device: str) -> None:
+    """Make a resumed run compute the same bits as an uninterrupted one."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    if device.startswith("cuda"):
+        # Deterministic kernels (DESIGN.md; not measured on a GPU here). cuBLAS reads its
+        # workspace setting when CUDA initialises, so set it before the model moves there.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def policy_from(settings: Settings) -> CheckpointPolicy:
+    return CheckpointPolicy(mode=settings.checkpoint_policy,
+                            every_steps=settings.checkpoint_every_steps,
+                            every_s=settings.checkpoint_every_s,
+                            mtbf_s=settings.preemption_mtbf_s)
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Serve until stopped; the process exit code (0, or EXIT_POISONED)."""
+    stop = stop or asyncio.Event()
     spec = settings.model_spec
     device = pipeline.pick_device()
+    configure_torch(settings, device)
     model = await asyncio.to_thread(pipeline.load_pipeline, spec, device)
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
     queue = settings.gpu_task_queue(spec.name)
+    exit_code = 0
+
+    def on_poisoned() -> None:
+        nonlocal exit_code
+        exit_code = EXIT_POISONED
+        stop.set()
+
+    policy = policy_from(settings)
+    acts = DiffusionActivities(model, store, policy=policy,
+                               checkpoint_retries=settings.checkpoint_retries,
+                               checkpoint_backoff_s=settings.checkpoint_backoff_s,
+                               on_poisoned=on_poisoned)
     worker = Worker(
         client,
         task_queue=queue,
-        activities=[DiffusionActivities(model, store).generate_video],
+        activities=[acts.generate_video],
         # One job per GPU: a second job would only slow both down and risk running out of memory.
         max_concurrent_activities=1,
-        # Heartbeats carry progress and must reach the server promptly: the SDK's default
-        # throttle (up to 30 s) delays cancellation and loses checkpoints on a crash.
+        # Heartbeats carry checkpoints and must reach the server promptly: the SDK's default
+        # throttle (up to 30 s) loses checkpoints on a crash and delays cancellation (DESIGN.md).
         max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
         default_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
-        graceful_shutdown_timeout=timedelta(seconds=10),
+        # Covers the running step plus one checkpoint write; the activity hands over at once.
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
     )
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.api_host)
+    watcher = None
+    if settings.spot_notice_url:
+        watcher = asyncio.create_task(_watch_spot(settings, stop))
     log.info(
         "gpu worker ready",
         task_queue=queue,
         model=spec.name,
         device=device,
+        torch_threads=torch.get_num_threads(),
         load_seconds=round(model.load_seconds, 3),
         storage=store.describe(),
+        checkpoint_policy=policy.describe(),
+        spot_notice_url=settings.spot_notice_url or None,
     )
-    await run_until_stopped(worker, stop)
+    try:
+        await run_until_stopped(worker, stop)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    log.info("gpu worker stopped", exit_code=exit_code)
+    return exit_code
 
+
+async def _watch_spot(settings: Settings, stop: asyncio.Event) -> None:
+    notice = await spot.wait_for_notice(settings.spot_notice_url,
+                                        poll_s=settings.spot_notice_poll_s)
+    log.warning("spot interruption: handing over the running job and stopping",
+                action=notice.get("action"), time=notice.get("time"))
+    stop.set()

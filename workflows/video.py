@@ -72,7 +72,8 @@ class VideoGeneration:
         s.step = update.step
         s.total_steps = update.total_steps or s.total_steps
         s.resumed_from_step = update.resumed_from_step
-        if update.phase == c.PHASE_DENOISING and s.total_steps:
+        s.wasted_steps = max(s.wasted_steps, update.wasted_steps)
+        if update.phase in (c.PHASE_DENOISING, c.PHASE_RESUMING) and s.total_steps:
             span = PROGRESS_DECODING - PROGRESS_STARTING
             s.progress = PROGRESS_STARTING + span * s.step // s.total_steps
         elif update.phase == c.PHASE_DECODING:
@@ -93,6 +94,9 @@ class VideoGeneration:
                 self._set_status(c.IN_PROGRESS)
             self._state.phase = c.PHASE_ENCODING
             self._state.progress = PROGRESS_ENCODING
+            self._state.attempt = gen.attempt
+            self._state.resumed_from_step = gen.resumed_from_step
+            self._state.wasted_steps = gen.wasted_steps
             encoded = await workflow.execute_activity(
                 c.ACTIVITY_ENCODE,
                 c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps),
@@ -119,7 +123,9 @@ class VideoGeneration:
             raise ApplicationError(message, type=code, non_retryable=True) from err
 
         result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
-                             generation_seconds=gen.generation_seconds)
+                             generation_seconds=gen.generation_seconds,
+                             resumed_from_step=gen.resumed_from_step,
+                             wasted_steps=gen.wasted_steps)
         self._state.result = result
         self._state.phase = c.COMPLETED
         self._state.progress = 100
