@@ -184,6 +184,12 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def scheduler_config(scheduler: Any) -> dict[str, Any]:
+    """The scheduler's config as JSON, without diffusers' private bookkeeping keys
+    (`_use_default_values` is built from a set: its order changes from process to process)."""
+    return _jsonable({k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")})
+
+
 def snapshot(state: DenoiseState, *, job_id: str, attempt: int, device: str) -> Snapshot:
     """Copy `state` to the host. Runs on the denoising thread between two steps."""
     started = time.perf_counter()
@@ -211,7 +217,7 @@ def snapshot(state: DenoiseState, *, job_id: str, attempt: int, device: str) -> 
         tensors=sink.tensors,
         tensor_devices=sink.devices,
         scheduler_class=type(scheduler).__name__,
-        scheduler_config=_jsonable(dict(scheduler.config)),
+        scheduler_config=scheduler_config(scheduler),
         scheduler_state=sched_state,
         taken_s=time.perf_counter() - started,
     )
@@ -342,9 +348,8 @@ def check_compatible(ckpt: Checkpoint, model: LoadedModel, params: GenerationPar
     if m.get("params") != _params_dict(params):
         raise CheckpointIncompatible("written for other generation parameters")
     sched = m.get("scheduler", {})
-    if sched.get("class") != type(model.pipe.scheduler).__name__ or sched.get("config") != (
-        _jsonable(dict(model.pipe.scheduler.config))
-    ):
+    if (sched.get("class") != type(model.pipe.scheduler).__name__
+            or sched.get("config") != scheduler_config(model.pipe.scheduler)):
         raise CheckpointIncompatible("written with another scheduler or scheduler config")
     if not 0 <= ckpt.next_step <= int(m.get("total_steps", -1)):
         raise CheckpointIncompatible(f"step {ckpt.next_step} out of range")

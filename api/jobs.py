@@ -137,7 +137,10 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True) 
         video.status, video.phase, video.progress = c.COMPLETED, c.COMPLETED, 100
         video.step = video.total_steps
         if live:  # the result is in the history: one read, no worker needed
-            video.attempt = (await handle.result()).attempt
+            result: c.JobResult = await handle.result()
+            video.attempt = result.attempt
+            video.resumed_from_step = result.resumed_from_step
+            video.wasted_steps = result.wasted_steps
     elif status == WorkflowExecutionStatus.CANCELED:
         video.status = video.phase = c.CANCELLED
     else:
@@ -162,6 +165,7 @@ def _apply_state(video: Video, s: c.JobStatus) -> None:
     video.total_steps = s.total_steps or video.total_steps
     video.attempt = s.attempt
     video.resumed_from_step = s.resumed_from_step
+    video.wasted_steps = s.wasted_steps
 
 
 async def _failure(handle: WorkflowHandle, status: WorkflowExecutionStatus | None) -> VideoError:

@@ -66,7 +66,10 @@ class Video(BaseModel):
     step: int = 0
     total_steps: int = 0
     attempt: int = 0
+    # Set when a retried attempt continued from a checkpoint (phase "resuming" while it loads).
     resumed_from_step: int | None = None
+    # Steps computed by attempts that were preempted and not saved by a checkpoint.
+    wasted_steps: int = 0
     queue_position: int | None = None
     seed: int
     negative_prompt: str = ""

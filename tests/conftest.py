@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import s3server
+from helpers import api_client
 
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY
@@ -61,13 +62,11 @@ def _dump_logs(log_dir: Path) -> None:
 
 @pytest.fixture
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=30,
-                      headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as c:
+    with api_client(stack) as c:
         yield c
 
 
 @pytest.fixture
 def other_api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=30,
-                      headers={"Authorization": f"Bearer {OTHER_KEY}"}) as c:
+    with api_client(stack, OTHER_KEY) as c:
         yield c

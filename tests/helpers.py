@@ -1,14 +1,44 @@
-"""Helpers for tests that drive the API of the session's stack."""
+"""Helpers for tests that drive the API of a stack and interrupt its GPU workers."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import httpx
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client
+
+from videogen import contracts as c
+from videogen.settings import DEV_API_KEY
+from videogen.stack import Stack
 
 # Small enough for a 2-core CI machine: a job takes about a second.
 SMALL = {"size": "64x64", "seconds": 1, "num_inference_steps": 3}
+
+# Preemption tests' stacks: checkpoints every 4 steps, an ungraceful death noticed after 5 s.
+HEARTBEAT_TIMEOUT_S = 5
+EVERY_STEPS = 4
+# Long enough to be interrupted several times: ~25 ms a step on an idle 2-core machine.
+JOB = {"size": "128x128", "seconds": 1, "num_inference_steps": 60}
+
+
+def preemption_env(prefix: str) -> dict[str, str]:
+    return {
+        "VIDEOGEN_TASK_QUEUE_PREFIX": f"{prefix}-{uuid.uuid4().hex[:8]}",
+        "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
+        "VIDEOGEN_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S),
+        "VIDEOGEN_CHECKPOINT_POLICY": "steps",
+        "VIDEOGEN_CHECKPOINT_EVERY_STEPS": str(EVERY_STEPS),
+        "VIDEOGEN_GRACEFUL_SHUTDOWN_S": "30",
+    }
+
+
+def api_client(stack: Stack, key: str = DEV_API_KEY) -> httpx.Client:
+    """An HTTP client for the stack's API, authenticated with `key`."""
+    return httpx.Client(base_url=stack.api_url, timeout=30,
+                        headers={"Authorization": f"Bearer {key}"})
 
 
 def submit(api: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -27,3 +57,58 @@ def wait_for(api: httpx.Client, video_id: str, statuses: tuple[str, ...] = (
             return v
         time.sleep(0.1)
     raise AssertionError(f"{video_id} did not reach {statuses} in {timeout_s}s: {v}")
+
+
+def reference_mp4(body: dict[str, Any]) -> bytes:
+    """The MP4 an uninterrupted run of this request gives, computed in this process."""
+    from activities import media, pipeline
+    from videogen import catalog
+
+    req = {"prompt": "a lighthouse in a storm", **SMALL, **body}
+    spec = catalog.TINY_SPEC
+    width, height = (int(v) for v in req["size"].split("x"))
+    frames = pipeline.generate(_tiny_model(), pipeline.GenerationParams(
+        prompt=req["prompt"], negative_prompt=req.get("negative_prompt", ""), seed=req["seed"],
+        width=width, height=height, num_frames=spec.num_frames(int(req["seconds"])),
+        num_inference_steps=req["num_inference_steps"], guidance_scale=spec.guidance_scale))
+    return media.encode_mp4(frames, spec.fps)
+
+
+_MODEL: list[Any] = []
+
+
+def _tiny_model() -> Any:
+    if not _MODEL:
+        from activities import pipeline
+        from videogen import catalog
+
+        _MODEL.append(pipeline.load_pipeline(catalog.TINY_SPEC, "cpu"))
+    return _MODEL[0]
+
+
+def wait_step(api: httpx.Client, job_id: str, step: int, timeout_s: float = 60) -> dict[str, Any]:
+    """Poll until the job's denoising has reached `step` (as its progress signals say)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = api.get(f"/v1/videos/{job_id}").json()
+        if v["phase"] == "denoising" and v["step"] >= step:
+            return v
+        assert v["status"] in ("queued", "in_progress"), v
+        time.sleep(0.02)
+    raise AssertionError(f"{job_id} did not reach step {step}")
+
+
+async def running_on(client: Client, job_id: str) -> int | None:
+    """Pid of the GPU worker running the job's generate activity now (identity 'pid@host')."""
+    desc = await client.get_workflow_handle(job_id).describe()
+    for pa in desc.raw_description.pending_activities:
+        if (pa.activity_type.name == c.ACTIVITY_GENERATE
+                and pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                and pa.last_worker_identity):
+            return int(pa.last_worker_identity.split("@", 1)[0])
+    return None
+
+
+def worker_child(stack: Stack, pid: int) -> Any:
+    """The stack's child with this pid; None if it has died and been replaced since."""
+    return next((ch for ch in stack.children if ch.process and ch.process.pid == pid), None)

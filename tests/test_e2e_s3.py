@@ -6,17 +6,30 @@ same seed gives the same bytes as on file:// (storage does not touch the media).
 
 from __future__ import annotations
 
-import uuid
+import os
+import signal
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import s3server
-from helpers import submit, wait_for
+from helpers import (
+    EVERY_STEPS,
+    JOB,
+    api_client,
+    preemption_env,
+    reference_mp4,
+    running_on,
+    submit,
+    wait_for,
+    wait_step,
+    worker_child,
+)
+from temporalio.client import Client
 
 from activities.media import probe_mp4
+from videogen import contracts as c
 from videogen.devserver import free_port
-from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack
 
 
@@ -27,11 +40,8 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory,
     bucket = s3.create_bucket()
     data = tmp_path_factory.mktemp("s3stack")
     env = {k: v for k, v in s3.subprocess_env().items()}
-    env.update({
-        "VIDEOGEN_STORAGE_URL": f"s3://{bucket}/videogen",
-        "VIDEOGEN_TASK_QUEUE_PREFIX": f"s3-{uuid.uuid4().hex[:8]}",
-        "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
-    })
+    env.update(preemption_env("s3"))
+    env["VIDEOGEN_STORAGE_URL"] = f"s3://{bucket}/videogen"
     stack = Stack(data_dir=data, api_port=free_port(), temporal_port=free_port(), ui_port=None,
                   log_dir=data / "logs", env=env)
     stack.start(timeout_s=180)
@@ -42,8 +52,7 @@ def s3_stack(tmp_path_factory: pytest.TempPathFactory,
 
 def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3server.S3Server,
                                                   api: httpx.Client) -> None:
-    with httpx.Client(base_url=s3_stack.api_url, timeout=30,
-                      headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as s3_api:
+    with api_client(s3_stack) as s3_api:
         v = submit(s3_api, seed=77)
         assert wait_for(s3_api, v["id"])["status"] == "completed"
         video = s3_api.get(f"/v1/videos/{v['id']}/content").content
@@ -65,3 +74,33 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3ser
         keys = [o["Key"] for o in moto_s3.client().list_objects_v2(
             Bucket=s3_stack.bucket, Prefix=f"videogen/videos/{v['id']}/").get("Contents", [])]  # type: ignore[attr-defined]
         assert keys == []
+
+
+async def test_preempted_job_resumes_from_checkpoints_in_s3(
+        s3_stack: Stack, moto_s3: s3server.S3Server) -> None:
+    """SIGTERM, then SIGKILL, of the only GPU worker (restarted each time): the job resumes
+    from checkpoints kept in S3 and gives the uninterrupted run's bytes."""
+    client = await Client.connect(f"127.0.0.1:{s3_stack.temporal_port}")
+    s3 = moto_s3.client()
+    bucket = s3_stack.bucket  # type: ignore[attr-defined]
+    with api_client(s3_stack) as s3_api:
+        job = submit(s3_api, **JOB, seed=105)["id"]
+        for sig, step in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
+            wait_step(s3_api, job, step)
+            pid = await running_on(client, job)
+            assert pid is not None
+            os.kill(pid, sig)
+            prefix = f"videogen/{c.checkpoints_prefix(job)}"
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+                    .get("Contents", [])]
+            assert keys, "checkpoints are written to the bucket"
+            worker_child(s3_stack, pid).process.wait(30)  # SIGTERM: after the hand-over
+            s3_stack.wait_gpu_workers(1)  # restarts the worker, as a supervisor would
+        v = wait_for(s3_api, job)
+        assert v["status"] == "completed" and v["attempt"] == 3
+        assert v["resumed_from_step"] >= 30 - EVERY_STEPS - 1
+        assert s3_api.get(f"/v1/videos/{job}/content").content == reference_mp4(
+            {**JOB, "seed": 105})
+        for prefix in (c.checkpoints_prefix(job), c.frames_prefix(job)):
+            assert s3.list_objects_v2(Bucket=bucket, Prefix=f"videogen/{prefix}").get(
+                "KeyCount") == 0

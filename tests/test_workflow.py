@@ -6,6 +6,7 @@ fails here, on histories recorded from real runs (tests/histories) and on fresh 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -15,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from helpers import submit, wait_for
+from helpers import reference_mp4, submit, wait_for
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
 from api import jobs
 from videogen import contracts as c
-from videogen.settings import ApiKey
+from videogen.settings import ApiKey, Settings
 from videogen.stack import Stack
 from videogen.temporal import connect
 from workflows.video import VideoGeneration
@@ -106,3 +107,55 @@ def test_replay_cli(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "videogen.cli", "replay", str(broken)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0
+
+
+async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
+        client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU worker whose model turns out NaN at step 6 fails the attempt, keeps its last good
+    checkpoint, and exits with EXIT_POISONED; a fresh worker resumes the job from step 6."""
+    from activities import pipeline
+    from worker_gpu import main as gpu_main
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
+    prefix = f"poison-{uuid.uuid4().hex[:8]}"
+    settings = Settings(data_dir=stack.data_dir,
+                        storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
+                        task_queue_prefix=prefix, checkpoint_policy="steps",
+                        checkpoint_every_steps=1, heartbeat_timeout_s=10)
+    real_load = pipeline.load_pipeline
+
+    def poisoned_load(spec: object, device: str) -> pipeline.LoadedModel:
+        model = real_load(spec, device)  # type: ignore[arg-type]
+        forward, calls = model.pipe.transformer.forward, [0]
+
+        def nan_after_six_steps(*args: object, **kwargs: object) -> object:
+            out = forward(*args, **kwargs)
+            calls[0] += 1
+            if calls[0] > 12:  # two passes a step
+                out[0].fill_(float("nan"))
+            return out
+
+        model.pipe.transformer.forward = nan_after_six_steps
+        return model
+
+    monkeypatch.setattr(pipeline, "load_pipeline", poisoned_load)
+    req = _request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
+                   num_inference_steps=10, seed=7)
+    await jobs.start(client, req, ApiKey("k", "dev", "paid"))
+    assert await asyncio.wait_for(gpu_main.run(settings), timeout=120) == gpu_main.EXIT_POISONED
+    v = api.get(f"/v1/videos/{req.job_id}").json()
+    assert v["status"] == "in_progress", v  # waiting for a worker, not failed
+
+    monkeypatch.setattr(pipeline, "load_pipeline", real_load)
+    stop = asyncio.Event()
+    fresh = asyncio.ensure_future(gpu_main.run(settings, stop))
+    try:
+        v = await asyncio.to_thread(wait_for, api, req.job_id)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(fresh, timeout=60) == 0
+    assert v["status"] == "completed" and v["attempt"] == 2, v
+    assert v["resumed_from_step"] == 6
+    body = {"size": "64x64", "seconds": 1, "num_inference_steps": 10, "seed": 7,
+            "prompt": "direct start"}
+    assert api.get(f"/v1/videos/{req.job_id}/content").content == reference_mp4(body)

@@ -82,6 +82,7 @@ class Stack:
             for child in self.children:
                 self._spawn(child)
             self.wait_api(timeout_s)
+            self.wait_gpu_workers(self.gpu_workers, timeout_s)
         except BaseException:
             self.stop()
             raise
@@ -107,6 +108,33 @@ class Stack:
                 pass
             time.sleep(0.25)
         raise TimeoutError(f"API not healthy at {self.api_url} after {timeout_s}s")
+
+    def wait_gpu_workers(self, n: int, timeout_s: float = 120.0) -> None:
+        """Wait until `n` GPU workers (restarted ones included) have loaded their model and poll.
+
+        Judged from their log files ("gpu worker ready" once per start), so only with a
+        `log_dir`; without one this returns at once.
+        """
+        if self.log_dir is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check()
+            ready = 0
+            for child in self.children:
+                if not child.name.startswith("gpu-worker") or child.process is None:
+                    continue
+                if child.process.poll() is not None:
+                    continue
+                log = self.log_dir / f"{child.name}.log"
+                starts = log.read_text(errors="replace").count("gpu worker ready") \
+                    if log.exists() else 0
+                ready += starts > child.restarts
+            if ready >= n:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{ready} of {n} GPU workers ready after {timeout_s}s")
+            time.sleep(0.1)
 
     def check(self) -> None:
         """Restart a worker that died; the API and Temporal dying is fatal for the stack."""

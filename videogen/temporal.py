@@ -46,9 +46,15 @@ async def run_until_stopped(worker: Worker, stop: asyncio.Event | None = None) -
     """Run `worker` until `stop` is set or the process gets SIGTERM/SIGINT, then drain it."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Outside the main thread (tests) there are no signal handlers: the caller owns `stop`.
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    async with worker:
-        await stop.wait()
+            installed.append(sig)
+    try:
+        async with worker:
+            await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
