@@ -525,10 +525,17 @@ class CheckpointWriter:
         return True
 
     def drain(self) -> None:
-        """Wait for the upload in flight, if any."""
+        """Wait for the upload in flight, if any. Never raises: a checkpoint that could not be
+        made is logged and the job goes on, as with a failed write."""
         f = self._inflight
-        if f is not None:
+        if f is None:
+            return
+        try:
             f.result()
+        except Exception as err:
+            self.stats.failed += 1
+            metrics.CHECKPOINT_FAILURES.inc()
+            self._log.error("checkpoint could not be made", error=f"{type(err).__name__}: {err}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -623,18 +630,17 @@ def find_resume_point(store: ObjectStore, model: LoadedModel, params: Generation
     job's prefix lists (checkpoints confirmed after the last heartbeat that reached the server,
     or written by an earlier attempt), newest step first. Every candidate is verified (sha256
     where known, checksum, compatibility) before it is used.
-    Returns (None, reasons) if none is usable: the caller starts from step 0.
+    Returns (None, reasons) if none is usable: the caller starts from step 0. Raises the
+    store's error if the store cannot be read (the caller retries later instead).
     """
     candidates: list[tuple[str, CheckpointRef]] = []
     if newest is not None:
         candidates.append(("heartbeat", newest))
     if previous is not None:
         candidates.append(("previous", previous))
-    try:
-        listed = store.list(c.checkpoints_prefix(job_id))
-    except Exception as err:
-        listed = []
-        log.warning("cannot list checkpoints", job_id=job_id, error=str(err))
+    # Store errors other than NotFound propagate: an unreachable store says nothing about the
+    # checkpoints, and starting over from step 0 would throw their work away.
+    listed = store.list(c.checkpoints_prefix(job_id))
     known = {ref.key for _, ref in candidates}
     extra = []
     for key in listed:
@@ -652,17 +658,18 @@ def find_resume_point(store: ObjectStore, model: LoadedModel, params: Generation
     for source, ref in candidates:
         try:
             data = store.get(ref.key)
+        except NotFound:
+            skipped.append(f"{ref.key}: missing")
+            continue
+        try:
             ckpt = decode(data, ref.sha256 or None)
             warnings = check_compatible(ckpt, model, params, job_id=job_id,
                                         num_threads=num_threads)
             state = restore(model, ckpt, params)
-        except NotFound:
-            skipped.append(f"{ref.key}: missing")
-            continue
         except CheckpointError as err:
             skipped.append(f"{ref.key}: {err}")
             continue
-        except Exception as err:  # unreadable store, or a restore that cannot work
+        except Exception as err:  # a well-formed file this code cannot restore
             skipped.append(f"{ref.key}: {type(err).__name__}: {err}")
             continue
         if ref.sha256 == "":

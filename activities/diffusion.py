@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 import torch
@@ -42,6 +42,7 @@ from videogen import metrics
 from videogen.storage import ObjectStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # How often the event-loop side looks at the denoising thread. Well under one step of a real
 # model, so cancellation, shutdown and heartbeats are never late by more than this.
@@ -155,49 +156,52 @@ class DiffusionActivities:
         await signaller.send(run.progress, force=True)
         work = asyncio.ensure_future(asyncio.to_thread(self._work, run, params, logger))
         try:
-            while not work.done():
-                await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
-                if activity.is_worker_shutdown() and not run.preempt.is_set():
-                    logger.info("worker shutting down: checkpointing at the next step boundary",
-                                step=run.progress.step)
-                    run.preempt.set()
-                activity.heartbeat(run.details())
-                await signaller.send(run.progress)
-            data = work.result()
-        except asyncio.CancelledError:
-            # Stop the loop at the next step and wait for it (and for a checkpoint upload in
-            # flight), so the GPU is really free and nothing is written after the workflow
-            # cleans up; the workflow waits for this report.
-            run.cancel.set()
-            await _wait_uninterrupted(work)
-            await asyncio.to_thread(run.writer.drain)
-            run.writer.close()
-            details = activity.cancellation_details()
-            if details is not None and (details.not_found or details.timed_out):
-                # This attempt timed out and was retried elsewhere: a stale attempt.
+            try:
+                while not work.done():
+                    await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
+                    if activity.is_worker_shutdown() and not run.preempt.is_set():
+                        logger.info("worker shutting down: checkpointing at the next step "
+                                    "boundary", step=run.progress.step)
+                        run.preempt.set()
+                    activity.heartbeat(run.details())
+                    await signaller.send(run.progress)
+                data = work.result()
+            except asyncio.CancelledError:
+                details = activity.cancellation_details()
+                if details is None or details.cancel_requested or not details.worker_shutdown:
+                    await self._cancelled(run, work, details, logger)
+                    raise
+                # The worker's graceful period ran out (the SDK cancels on shutdown): still
+                # hand the job over with a checkpoint rather than drop the state.
+                run.preempt.set()
+                await _wait_uninterrupted(work)
+                data = work.result()
+            except pipeline.PoisonedStateError as err:
+                raise await self._poisoned(run, err, logger) from err
+            await _uninterruptible(asyncio.to_thread(run.writer.drain))
+            if data is None:
+                await self._preempted(run, logger)
+            # A stale attempt (timed out and retried elsewhere, then back to life) must not
+            # publish: Temporal would reject its completion anyway, but its write would be waste.
+            if not await _is_current_attempt():
                 await self._discard_stale(run, logger)
-            logger.info("generation cancelled", step=run.progress.step)
-            raise
-        except pipeline.PoisonedStateError as err:
-            raise await self._poisoned(run, err, logger) from err
+                raise ApplicationError("this attempt was superseded by a retry; result discarded",
+                                       type="StaleAttempt")
+            key = c.frames_key(req.job_id, attempt)
+            assert data is not None
+            # Uninterruptible, so that a cancel arriving now cannot report the attempt over
+            # while the write goes on (the workflow's cleanup would run before it lands).
+            await _uninterruptible(asyncio.to_thread(self._store.put, key, data))
+            if activity.is_cancelled():
+                await asyncio.to_thread(self._store.delete, key)
+                raise asyncio.CancelledError
         finally:
-            if not work.done():  # an unexpected error on this side: do not leave it running
+            # Whatever ended the attempt, the GPU and the writer are idle before it is reported.
+            if not work.done():
                 run.cancel.set()
-
-        await asyncio.to_thread(run.writer.drain)
-        run.writer.close()
-        if data is None:
-            await self._preempted(run, logger)
-
-        # A stale attempt (timed out and retried elsewhere, then back to life) must not
-        # publish: Temporal would reject its completion anyway, but its write would be waste.
-        if not await _is_current_attempt():
-            await self._discard_stale(run, logger)
-            raise ApplicationError("this attempt was superseded by a retry; result discarded",
-                                   type="StaleAttempt")
-        key = c.frames_key(req.job_id, attempt)
-        assert data is not None
-        await asyncio.to_thread(self._store.put, key, data)
+                await _wait_uninterrupted(work)
+            await _uninterruptible(asyncio.to_thread(run.writer.drain))
+            run.writer.close()
         elapsed = time.monotonic() - started
         logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
                     resumed_from_step=run.progress.resumed_from,
@@ -260,10 +264,16 @@ class DiffusionActivities:
         found, skipped = None, []
         if prior.raw is not None or run.attempt > 1:
             p.phase = c.PHASE_RESUMING
-            found, skipped = checkpoint.find_resume_point(
-                self._store, self._model, params, job_id=run.job_id,
-                num_threads=torch.get_num_threads(), newest=prior.newest,
-                previous=prior.previous)
+            try:
+                found, skipped = checkpoint.find_resume_point(
+                    self._store, self._model, params, job_id=run.job_id,
+                    num_threads=torch.get_num_threads(), newest=prior.newest,
+                    previous=prior.previous)
+            except Exception as err:
+                # Retry later (the heartbeat still names the checkpoints) rather than start over.
+                raise ApplicationError(
+                    f"object store unreadable while resuming: {type(err).__name__}: {err}",
+                    type=c.ERR_STORE_UNAVAILABLE) from err
         for reason in skipped:
             logger.warning("checkpoint not usable", reason=reason)
         if found is not None:
@@ -293,6 +303,20 @@ class DiffusionActivities:
 
     # -- endings -------------------------------------------------------------------------------
 
+    async def _cancelled(self, run: _Run, work: asyncio.Future[bytes | None],
+                         details: activity.ActivityCancellationDetails | None,
+                         logger: structlog.typing.FilteringBoundLogger) -> None:
+        """Stop the loop at the next step and wait for it and for an upload in flight, so the
+        GPU is really free and nothing is written after the workflow cleans up (it waits for
+        this report)."""
+        run.cancel.set()
+        await _wait_uninterrupted(work)
+        await _uninterruptible(asyncio.to_thread(run.writer.drain))
+        if details is not None and (details.not_found or details.timed_out):
+            # This attempt timed out and was retried elsewhere: a stale attempt.
+            await self._discard_stale(run, logger)
+        logger.info("generation cancelled", step=run.progress.step)
+
     async def _preempted(self, run: _Run, logger: structlog.typing.FilteringBoundLogger) -> None:
         """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
         state = run.state
@@ -301,7 +325,7 @@ class DiffusionActivities:
         if newest is None or newest.step != state.next_step:
             snap = checkpoint.snapshot(state, job_id=run.job_id, attempt=run.attempt,
                                        device=self._model.device)
-            await asyncio.to_thread(run.writer.write, snap)
+            await _uninterruptible(asyncio.to_thread(run.writer.write, snap))
         newest = run.writer.newest
         # The failure below flushes these details to the server before it is reported.
         activity.heartbeat(run.details())
@@ -319,8 +343,7 @@ class DiffusionActivities:
     async def _poisoned(self, run: _Run, err: pipeline.PoisonedStateError,
                         logger: structlog.typing.FilteringBoundLogger) -> ApplicationError:
         """NaN/Inf: never checkpointed; fail this attempt and have the worker restart."""
-        await asyncio.to_thread(run.writer.drain)
-        run.writer.close()
+        await _uninterruptible(asyncio.to_thread(run.writer.drain))
         run.poisoned = run.prior.poisoned + 1
         activity.heartbeat(run.details())
         metrics.PREEMPTIONS.labels("poisoned").inc()
@@ -376,7 +399,8 @@ class _Run:
         newest, previous = self.writer.newest, self.writer.previous
         d: dict[str, Any] = newest.to_dict() if newest else {"step": None}
         d.update(
-            attempt=self.attempt,
+            # `attempt` (above) is the checkpoint's writer; this one is the attempt heartbeating.
+            heartbeat_attempt=self.attempt,
             previous=previous.to_dict() if previous else None,
             reached_step=self.progress.step,
             phase=self.progress.phase,
@@ -458,7 +482,15 @@ class _ProgressSignaller:
             log.warning("progress signal failed", job_id=self._req.job_id, error=str(err))
 
 
-async def _wait_uninterrupted(task: asyncio.Future[object]) -> None:
+async def _uninterruptible(aw: Awaitable[T]) -> T:
+    """Await `aw` to the end even if this coroutine is cancelled meanwhile (the cancellation is
+    not lost: the activity checks `activity.is_cancelled()` or re-raises where it matters)."""
+    task = asyncio.ensure_future(aw)
+    await _wait_uninterrupted(task)
+    return task.result()
+
+
+async def _wait_uninterrupted(task: asyncio.Future[Any]) -> None:
     """Wait for `task` even if this coroutine is cancelled again meanwhile."""
     while not task.done():
         try:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -287,3 +288,44 @@ async def test_store_outage_loses_checkpoints_not_the_job(model: pipeline.Loaded
     assert out.checkpoints_written == 0
     assert metrics.CHECKPOINT_FAILURES._value.get() > before
     _assert_reference(store, out, model, req)
+
+
+async def test_shutdown_past_the_grace_period_still_hands_over(
+        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    """When the SDK cancels the activity because the worker's graceful period ran out, the
+    state is still checkpointed and the attempt fails as a hand-over, not as a user cancel."""
+    store = FileStore(tmp_path)
+    acts = DiffusionActivities(model, store, policy=STEPS_POLICY)
+    req = _request(**LONG)
+    env = _env(attempt=1)
+    beats: list[dict[str, Any]] = []
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    task = asyncio.ensure_future(env.run(acts.generate_video, c.GenerateInput(req)))
+    while not beats or (beats[-1].get("reached_step") or 0) < 6:
+        await asyncio.sleep(0.01)
+    env.cancel(ActivityCancellationDetails(worker_shutdown=True))
+    with pytest.raises(ApplicationError) as info:
+        await asyncio.wait_for(task, timeout=60)
+    assert info.value.type == c.ERR_WORKER_SHUTDOWN
+    assert beats[-1]["step"] == beats[-1]["reached_step"] >= 6
+    assert beats[-1]["attempt"] == beats[-1]["heartbeat_attempt"] == 1
+
+
+async def test_an_unreadable_store_at_resume_retries_instead_of_starting_over(
+        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    class Down(FileStore):
+        def get(self, key: str) -> bytes:
+            raise StorageError("connection refused")
+
+    store = Down(tmp_path)
+    _, req, beats = await _crashed(model, FileStore(tmp_path))
+    held = next(b for b in reversed(beats) if b.get("step"))
+    env = _attempt(2, held)
+    seen: list[dict[str, Any]] = []
+    env.on_heartbeat = lambda *d: seen.append(d[0])
+    down = DiffusionActivities(model, store, policy=STEPS_POLICY)
+    with pytest.raises(ApplicationError) as info:
+        await env.run(down.generate_video, c.GenerateInput(req))
+    assert info.value.type == c.ERR_STORE_UNAVAILABLE and not info.value.non_retryable
+    # The heartbeat still names the checkpoint for the next try.
+    assert all(b["checkpoint_key"] == held["checkpoint_key"] for b in seen)

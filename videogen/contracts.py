@@ -34,6 +34,7 @@ NON_RETRYABLE_ERRORS = [ERR_INVALID_INPUT, ERR_MODEL_MISMATCH]
 # retry resumes from the last checkpoint. PoisonedState becomes non-retryable when it repeats.
 ERR_WORKER_SHUTDOWN = "WorkerShutdown"
 ERR_POISONED = "PoisonedState"
+ERR_STORE_UNAVAILABLE = "StoreUnavailable"
 
 # Job statuses (OpenAI Videos API) and the finer phases of our own.
 QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (

@@ -110,7 +110,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     finally:
         if watcher is not None:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
     log.info("gpu worker stopped", exit_code=exit_code)
     return exit_code

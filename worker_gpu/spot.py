@@ -63,9 +63,16 @@ async def check_notice(client: httpx.AsyncClient, url: str) -> dict[str, Any] | 
 async def wait_for_notice(url: str, *, poll_s: float = 5.0,
                           timeout_s: float = 2.0) -> dict[str, Any]:
     """Poll `url` every `poll_s` seconds; return the first interruption notice."""
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+    # trust_env=False: an HTTP(S)_PROXY set for the cluster must not swallow link-local requests.
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
+                                 trust_env=False) as client:
         while True:
-            notice = await check_notice(client, url)
+            try:
+                notice = await check_notice(client, url)
+            except Exception as err:  # a bad URL or a bug must not end the watch silently
+                log.error("spot notice check failed", url=url, error=f"{type(err).__name__}: "
+                          f"{err}")
+                notice = None
             if notice is not None:
                 log.warning("spot interruption notice", url=url, **{
                     k: v for k, v in notice.items() if k in ("action", "time")})
