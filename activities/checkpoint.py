@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -223,14 +224,21 @@ def snapshot(state: DenoiseState, *, job_id: str, attempt: int, device: str) -> 
     )
 
 
-def library_versions() -> dict[str, str]:
-    out = {}
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    # importlib.metadata scans site-packages: ~5 ms, too slow to repeat per checkpoint.
+    out = []
     for dist in ("torch", "diffusers", "transformers", "safetensors", "videogen"):
         try:
-            out[dist] = importlib_metadata.version(dist)
+            out.append((dist, importlib_metadata.version(dist)))
         except importlib_metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
+            out.append((dist, "unknown"))
+    return tuple(out)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what computes the bits, recorded in every manifest."""
+    return dict(_versions())
 
 
 def device_name(device: str) -> str:
