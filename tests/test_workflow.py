@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from helpers import reference_mp4, submit, wait_for
+from helpers import reference_mp4, submit, wait_for, wait_step
+from imds import NOTICE, Metadata
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
@@ -109,6 +110,60 @@ def test_replay_cli(tmp_path: Path) -> None:
     assert bad.returncode != 0
 
 
+def _gpu_worker_settings(stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str,
+                         **overrides: object) -> Settings:
+    """Settings for a GPU worker run in this process on its own queue, sharing the stack's
+    Temporal, store and CPU worker."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
+    fields: dict[str, object] = dict(
+        data_dir=stack.data_dir, storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
+        task_queue_prefix=f"{name}-{uuid.uuid4().hex[:8]}", checkpoint_policy="steps",
+        checkpoint_every_steps=1, heartbeat_timeout_s=10)
+    fields.update(overrides)
+    return Settings(**fields)  # type: ignore[arg-type]
+
+
+async def _finish_on_a_fresh_worker(settings: Settings, api: httpx.Client,
+                                    job_id: str) -> dict[str, object]:
+    from worker_gpu import main as gpu_main
+
+    stop = asyncio.Event()
+    fresh = asyncio.ensure_future(gpu_main.run(settings, stop))
+    try:
+        v = await asyncio.to_thread(wait_for, api, job_id)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(fresh, timeout=60) == 0
+    return v
+
+
+async def test_spot_notice_hands_the_job_over_and_stops_the_worker(
+        client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker_gpu import main as gpu_main
+
+    imds = Metadata(v2=True)
+    try:
+        settings = _gpu_worker_settings(stack, monkeypatch, "spot", checkpoint_every_steps=100,
+                                        spot_notice_url=imds.url, spot_notice_poll_s=0.1)
+        req = _request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
+                       width=128, height=128, num_inference_steps=100, seed=8)
+        await jobs.start(client, req, ApiKey("k", "dev", "paid"))
+        worker = asyncio.ensure_future(gpu_main.run(settings))
+        v = await asyncio.to_thread(wait_step, api, req.job_id, 5)
+        imds.notice = NOTICE
+        assert await asyncio.wait_for(worker, timeout=60) == 0  # handed over, then stopped
+    finally:
+        imds.server.shutdown()
+    settings = settings.model_copy(update={"spot_notice_url": ""})
+    v = await _finish_on_a_fresh_worker(settings, api, req.job_id)
+    # No checkpoint was due (every 100 steps): the notice's own checkpoint saved everything.
+    assert v["status"] == "completed" and v["attempt"] == 2, v
+    assert v["resumed_from_step"] >= 5 and v["wasted_steps"] == 0
+    body = {"size": "128x128", "seconds": 1, "num_inference_steps": 100, "seed": 8,
+            "prompt": "direct start"}
+    assert api.get(f"/v1/videos/{req.job_id}/content").content == reference_mp4(body)
+
+
 async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
         client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU worker whose model turns out NaN at step 6 fails the attempt, keeps its last good
@@ -116,12 +171,7 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
     from activities import pipeline
     from worker_gpu import main as gpu_main
 
-    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
-    prefix = f"poison-{uuid.uuid4().hex[:8]}"
-    settings = Settings(data_dir=stack.data_dir,
-                        storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
-                        task_queue_prefix=prefix, checkpoint_policy="steps",
-                        checkpoint_every_steps=1, heartbeat_timeout_s=10)
+    settings = _gpu_worker_settings(stack, monkeypatch, "poison")
     real_load = pipeline.load_pipeline
 
     def poisoned_load(spec: object, device: str) -> pipeline.LoadedModel:
@@ -147,13 +197,7 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
     assert v["status"] == "in_progress", v  # waiting for a worker, not failed
 
     monkeypatch.setattr(pipeline, "load_pipeline", real_load)
-    stop = asyncio.Event()
-    fresh = asyncio.ensure_future(gpu_main.run(settings, stop))
-    try:
-        v = await asyncio.to_thread(wait_for, api, req.job_id)
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(fresh, timeout=60) == 0
+    v = await _finish_on_a_fresh_worker(settings, api, req.job_id)
     assert v["status"] == "completed" and v["attempt"] == 2, v
     assert v["resumed_from_step"] == 6
     body = {"size": "64x64", "seconds": 1, "num_inference_steps": 10, "seed": 7,
