@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
@@ -104,6 +104,9 @@ class DiffusionActivities:
         self._retries = checkpoint_retries
         self._backoff_s = checkpoint_backoff_s
         self._on_poisoned = on_poisoned
+        # When this worker could take jobs (set by the worker once it polls): a job scheduled
+        # before that waited for a cold start.
+        self.ready_at: datetime | None = None
         # The worker runs one activity at a time; the lock makes that a property of the class
         # too, so a misconfigured worker cannot run two jobs on one GPU.
         self._busy = threading.Lock()
@@ -148,7 +151,9 @@ class DiffusionActivities:
             ),
         )
 
-        logger.info("generation started", steps=req.num_inference_steps,
+        warm = self.ready_at is None or self.ready_at <= info.current_attempt_scheduled_time
+        metrics.JOBS_STARTED.labels(warm=str(warm).lower()).inc()
+        logger.info("generation started", steps=req.num_inference_steps, warm=warm,
                     checkpoint_policy=self._policy.describe(),
                     resume_candidate=prior.newest.step if prior.newest else None)
         started = time.monotonic()
@@ -219,6 +224,8 @@ class DiffusionActivities:
             resumed_from_step=run.progress.resumed_from,
             wasted_steps=run.progress.wasted,
             checkpoints_written=run.writer.stats.written,
+            warm=warm,
+            model_load_seconds=self._model.load_seconds,
         )
 
     # -- the denoising thread -------------------------------------------------------------------

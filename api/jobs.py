@@ -10,11 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import time
 import uuid
 from datetime import timedelta
 
 from temporalio.api.common.v1 import WorkflowExecution
-from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DeleteWorkflowExecutionRequest,
+    DescribeTaskQueueRequest,
+)
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -29,23 +35,25 @@ from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ApiError
 from api.schemas import Video, VideoError
 from videogen import contracts as c
-from videogen.settings import ApiKey
+from videogen.settings import DEFAULT_TIERS, ApiKey, TierPolicy
 from videogen.storage import ObjectStore
 
 USER_KEY = SearchAttributeKey.for_keyword(c.SA_USER)
 TIER_KEY = SearchAttributeKey.for_keyword(c.SA_TIER)
 MODEL_KEY = SearchAttributeKey.for_keyword(c.SA_MODEL)
 STATUS_KEY = SearchAttributeKey.for_keyword(c.SA_STATUS)
+PRIORITY_KEY = SearchAttributeKey.for_int(c.SA_PRIORITY)
+GEN_SECONDS_KEY = SearchAttributeKey.for_float(c.SA_GEN_SECONDS)
 
-# Lower runs first (Temporal's default range is 1-5, default 3).
-TIER_PRIORITY = {"internal": 1, "paid": 2, "free": 4}
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 
@@ -53,7 +61,12 @@ def new_job_id() -> str:
     return f"video_{uuid.uuid4().hex}"
 
 
-async def start(client: Client, req: c.VideoRequest, key: ApiKey) -> None:
+async def start(client: Client, req: c.VideoRequest, key: ApiKey,
+                policy: TierPolicy | None = None, *, fingerprint: str = "",
+                idempotent: bool = False) -> None:
+    """Start the job's workflow. `idempotent`: the id is derived from an Idempotency-Key, and a
+    concurrent or repeated start of the same id joins the existing workflow instead."""
+    policy = policy or DEFAULT_TIERS.get(key.tier) or TierPolicy()
     memo = {
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
@@ -63,7 +76,25 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey) -> None:
         "seed": req.seed,
         "num_inference_steps": req.num_inference_steps,
         "metadata": req.metadata,
+        "request_fingerprint": fingerprint,
+        "gpu_task_queue": req.gpu_task_queue,
     }
+    if idempotent:
+        # USE_EXISTING joins a running workflow of this id (concurrent retries of one request);
+        # REJECT_DUPLICATE refuses to run a closed one again (a late retry).
+        policies = {"id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+                    "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE}
+    else:
+        policies = {}
+    try:
+        await _start(client, req, key, policy, memo, policies)
+    except WorkflowAlreadyStartedError:
+        if not idempotent:
+            raise
+
+
+async def _start(client: Client, req: c.VideoRequest, key: ApiKey, policy: TierPolicy,
+                 memo: dict[str, object], policies: dict[str, object]) -> None:
     await client.start_workflow(
         c.WORKFLOW_NAME,
         req,
@@ -75,9 +106,12 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey) -> None:
             SearchAttributePair(TIER_KEY, key.tier),
             SearchAttributePair(MODEL_KEY, req.model),
             SearchAttributePair(STATUS_KEY, c.QUEUED),
+            SearchAttributePair(PRIORITY_KEY, policy.priority),
         ]),
         # Inherited by the workflow's activities: tiers order the GPU queue, users share it.
-        priority=Priority(priority_key=TIER_PRIORITY.get(key.tier, 3), fairness_key=key.user),
+        priority=Priority(priority_key=policy.priority, fairness_key=key.user,
+                          fairness_weight=policy.fairness_weight),
+        **policies,  # type: ignore[arg-type]
     )
 
 
@@ -107,8 +141,10 @@ async def is_deleted(store: ObjectStore, job_id: str) -> bool:
     return await asyncio.to_thread(store.exists, c.tombstone_key(job_id))
 
 
-async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True) -> Video:
-    """Build the Video object from the execution, plus (if `live`) the workflow's own state."""
+async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
+                   client: Client | None = None) -> Video:
+    """Build the Video object from the execution, plus (if `live`) the workflow's own state;
+    with a `client`, a queued job also gets its queue position and estimated start."""
     memo = await ex.memo()
     video = Video(
         id=ex.id,
@@ -131,8 +167,11 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True) 
             video.status = ex.typed_search_attributes.get(STATUS_KEY) or c.QUEUED
             if video.status not in (c.QUEUED, c.IN_PROGRESS):
                 video.status = c.IN_PROGRESS
-            return video
-        _apply_state(video, state)
+        else:
+            _apply_state(video, state)
+        if client is not None and video.status == c.QUEUED:
+            video.queue_position, video.estimated_start_at = await queue_estimate(
+                client, ex, memo.get("gpu_task_queue"))
     elif status == WorkflowExecutionStatus.COMPLETED:
         video.status, video.phase, video.progress = c.COMPLETED, c.COMPLETED, 100
         video.step = video.total_steps
@@ -147,6 +186,50 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True) 
         video.status = video.phase = c.FAILED
         video.error = await _failure(handle, status)
     return video
+
+
+async def queue_estimate(client: Client, ex: Execution,
+                         gpu_queue: str | None) -> tuple[int, int]:
+    """(jobs ahead of this queued one, estimated start as a Unix time).
+
+    Ahead: queued jobs of the same model with a higher priority, or the same priority and an
+    earlier start (fairness may interleave users of one priority: an estimate). The ETA spreads
+    those and the jobs running now over the GPU workers polling the queue, at the average
+    generation time of the model's recent completed jobs.
+    """
+    sa = ex.typed_search_attributes
+    model = sa.get(MODEL_KEY)
+    prio = sa.get(PRIORITY_KEY) or 3
+    base = (f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND "
+            f"{c.SA_MODEL} = '{model}'")
+    started = ex.start_time.isoformat()
+    ahead = (await client.count_workflows(
+        f"{base} AND {c.SA_STATUS} = '{c.QUEUED}' AND ({c.SA_PRIORITY} < {prio} OR "
+        f"({c.SA_PRIORITY} = {prio} AND StartTime < '{started}'))")).count
+    running = (await client.count_workflows(
+        f"{base} AND {c.SA_STATUS} = '{c.IN_PROGRESS}'")).count
+    seconds: list[float] = []
+    async for done in client.list_workflows(
+            f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Completed' AND "
+            f"{c.SA_MODEL} = '{model}' AND {c.SA_GEN_SECONDS} > 0", limit=20):
+        value = done.typed_search_attributes.get(GEN_SECONDS_KEY)
+        if value:
+            seconds.append(value)
+    avg = sum(seconds) / len(seconds) if seconds else 0.0
+    workers = await _pollers(client, gpu_queue) if gpu_queue else 1
+    wait = (ahead + running) / max(1, workers) * avg
+    return ahead, int(time.time() + wait)
+
+
+async def _pollers(client: Client, queue: str) -> int:
+    """GPU workers polling `queue` recently (Temporal keeps pollers for a few minutes)."""
+    try:
+        resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY))
+    except RPCError:
+        return 1
+    return len({p.identity for p in resp.pollers}) or 1
 
 
 async def _query(handle: WorkflowHandle) -> c.JobStatus | None:

@@ -70,7 +70,9 @@ class Video(BaseModel):
     resumed_from_step: int | None = None
     # Steps computed by attempts that were preempted and not saved by a checkpoint.
     wasted_steps: int = 0
+    # Queued jobs only: jobs ahead of this one, and when it should start (Unix time).
     queue_position: int | None = None
+    estimated_start_at: int | None = None
     seed: int
     negative_prompt: str = ""
     metadata: dict[str, str] = Field(default_factory=dict)

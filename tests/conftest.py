@@ -3,6 +3,7 @@ child processes, exactly as `videogen up` runs them) for the whole test session.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
             "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{OTHER_KEY}:other:free",
             "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
             "VIDEOGEN_TASK_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
+            # The suite submits faster than the default limits allow a user; limits have
+            # their own tests (test_scheduling.py).
+            "VIDEOGEN_TIERS": json.dumps({
+                "internal": {"priority": 1},
+                "paid": {"priority": 2, "user_per_minute": 1000},
+                "free": {"priority": 4, "user_per_minute": 1000},
+            }),
         },
     )
     try:

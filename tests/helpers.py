@@ -7,11 +7,12 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
 from videogen import contracts as c
-from videogen.settings import DEV_API_KEY
+from videogen.settings import DEV_API_KEY, Settings
 from videogen.stack import Stack
 
 # Small enough for a 2-core CI machine: a job takes about a second.
@@ -112,3 +113,29 @@ async def running_on(client: Client, job_id: str) -> int | None:
 def worker_child(stack: Stack, pid: int) -> Any:
     """The stack's child with this pid; None if it has died and been replaced since."""
     return next((ch for ch in stack.children if ch.process and ch.process.pid == pid), None)
+
+
+def direct_request(stack: Stack, **overrides: object) -> c.VideoRequest:
+    """A valid request for starting a workflow directly (not through the API) on the stack."""
+    prefix = stack.child_env()["VIDEOGEN_TASK_QUEUE_PREFIX"]
+    fields: dict[str, object] = dict(
+        job_id=f"video_{uuid.uuid4().hex}", user="dev", tier="paid", prompt="direct start",
+        model="videogen-tiny", seed=1, width=64, height=64, seconds=1, fps=8, num_frames=9,
+        num_inference_steps=2, guidance_scale=5.0, gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
+        cpu_task_queue=f"{prefix}-cpu", progress_interval_s=0.1,
+    )
+    fields.update(overrides)
+    return c.VideoRequest(**fields)  # type: ignore[arg-type]
+
+
+def gpu_worker_settings(stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str,
+                         **overrides: object) -> Settings:
+    """Settings for a GPU worker run in this process on its own queue, sharing the stack's
+    Temporal, store and CPU worker."""
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
+    fields: dict[str, object] = dict(
+        data_dir=stack.data_dir, storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
+        task_queue_prefix=f"{name}-{uuid.uuid4().hex[:8]}", checkpoint_policy="steps",
+        checkpoint_every_steps=1, heartbeat_timeout_s=10)
+    fields.update(overrides)
+    return Settings(**fields)  # type: ignore[arg-type]

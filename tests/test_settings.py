@@ -49,3 +49,25 @@ def test_tiny_spec_frames_are_4k_plus_1() -> None:
     for size in catalog.TINY_SPEC.sizes:
         w, h = catalog.ModelSpec.parse_size(size)
         assert w % 16 == 0 and h % 16 == 0
+
+
+def test_tiers_come_from_json_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDEOGEN_TIERS", '{"gold": {"priority": 1, "user_concurrent": 5, '
+                       '"dedicated_pool": true}, "free": {"priority": 5}}')
+    s = Settings(api_keys="g:ann:gold,f:bo:free")
+    assert s.tiers["gold"].user_concurrent == 5 and s.tiers["free"].user_per_minute == 0
+    assert s.pool_for("gold") == "gold" and s.pool_for("free") == ""
+    assert s.gpu_task_queue("m", s.pool_for("gold")) == "videogen-gpu-m-pool-gold"
+    with pytest.raises(ValueError, match="allowed tiers: gold, free"):
+        Settings(api_keys="k:u:paid").keys  # noqa: B018
+    monkeypatch.setenv("VIDEOGEN_TIERS", '{"free": {"priority": 9}}')
+    with pytest.raises(ValueError, match="less than or equal to 5"):
+        Settings()
+    monkeypatch.setenv("VIDEOGEN_TIERS", '{"free": {"priorty": 2}}')
+    with pytest.raises(ValueError, match="priorty"):
+        Settings()
+
+
+def test_user_ids_are_plain() -> None:
+    with pytest.raises(ValueError, match="user ids may hold"):
+        Settings(api_keys="k:o'brien:paid").keys  # noqa: B018

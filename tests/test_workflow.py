@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
-from helpers import reference_mp4, submit, wait_for, wait_step
+from helpers import (
+    direct_request,
+    gpu_worker_settings,
+    reference_mp4,
+    submit,
+    wait_for,
+    wait_step,
+)
 from imds import NOTICE, Metadata
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
@@ -38,23 +44,11 @@ async def client(stack: Stack) -> AsyncIterator[Client]:
         yield await connect(wait_s=10)
 
 
-def _request(stack: Stack, **overrides: object) -> c.VideoRequest:
-    prefix = stack.child_env()["VIDEOGEN_TASK_QUEUE_PREFIX"]
-    fields: dict[str, object] = dict(
-        job_id=f"video_{uuid.uuid4().hex}", user="dev", tier="paid", prompt="direct start",
-        model="videogen-tiny", seed=1, width=64, height=64, seconds=1, fps=8, num_frames=9,
-        num_inference_steps=2, guidance_scale=5.0, gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
-        cpu_task_queue=f"{prefix}-cpu", progress_interval_s=0.1,
-    )
-    fields.update(overrides)
-    return c.VideoRequest(**fields)  # type: ignore[arg-type]
-
-
 async def test_invalid_input_fails_once_without_retry(client: Client, stack: Stack,
                                                       api: httpx.Client) -> None:
     # The API never lets this through; a client starting workflows directly might. 10 frames is
     # not 4k+1: the GPU activity refuses it as non-retryable input.
-    req = _request(stack, num_frames=10)
+    req = direct_request(stack, num_frames=10)
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     v = wait_for(api, req.job_id, timeout_s=60)
     assert v["status"] == "failed", v
@@ -68,7 +62,7 @@ async def test_invalid_input_fails_once_without_retry(client: Client, stack: Sta
 
 async def test_no_gpu_worker_for_model_fails_with_clear_error(client: Client, stack: Stack,
                                                               api: httpx.Client) -> None:
-    req = _request(stack, gpu_task_queue="nobody-serves-this-queue", gpu_start_timeout_s=1.0)
+    req = direct_request(stack, gpu_task_queue="nobody-serves-this-queue", gpu_start_timeout_s=1.0)
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     v = wait_for(api, req.job_id, timeout_s=60)
     assert v["status"] == "failed" and v["error"]["code"] == "NoWorkerAvailable", v
@@ -110,19 +104,6 @@ def test_replay_cli(tmp_path: Path) -> None:
     assert bad.returncode != 0
 
 
-def _gpu_worker_settings(stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str,
-                         **overrides: object) -> Settings:
-    """Settings for a GPU worker run in this process on its own queue, sharing the stack's
-    Temporal, store and CPU worker."""
-    monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
-    fields: dict[str, object] = dict(
-        data_dir=stack.data_dir, storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
-        task_queue_prefix=f"{name}-{uuid.uuid4().hex[:8]}", checkpoint_policy="steps",
-        checkpoint_every_steps=1, heartbeat_timeout_s=10)
-    fields.update(overrides)
-    return Settings(**fields)  # type: ignore[arg-type]
-
-
 async def _finish_on_a_fresh_worker(settings: Settings, api: httpx.Client,
                                     job_id: str) -> dict[str, object]:
     from worker_gpu import main as gpu_main
@@ -143,9 +124,9 @@ async def test_spot_notice_hands_the_job_over_and_stops_the_worker(
 
     imds = Metadata(v2=True)
     try:
-        settings = _gpu_worker_settings(stack, monkeypatch, "spot", checkpoint_every_steps=100,
+        settings = gpu_worker_settings(stack, monkeypatch, "spot", checkpoint_every_steps=100,
                                         spot_notice_url=imds.url, spot_notice_poll_s=0.1)
-        req = _request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
+        req = direct_request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
                        width=128, height=128, num_inference_steps=100, seed=8)
         await jobs.start(client, req, ApiKey("k", "dev", "paid"))
         worker = asyncio.ensure_future(gpu_main.run(settings))
@@ -171,7 +152,7 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
     from activities import pipeline
     from worker_gpu import main as gpu_main
 
-    settings = _gpu_worker_settings(stack, monkeypatch, "poison")
+    settings = gpu_worker_settings(stack, monkeypatch, "poison")
     real_load = pipeline.load_pipeline
 
     def poisoned_load(spec: object, device: str) -> pipeline.LoadedModel:
@@ -189,7 +170,7 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
         return model
 
     monkeypatch.setattr(pipeline, "load_pipeline", poisoned_load)
-    req = _request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
+    req = direct_request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
                    num_inference_steps=10, seed=7)
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     assert await asyncio.wait_for(gpu_main.run(settings), timeout=120) == gpu_main.EXIT_POISONED

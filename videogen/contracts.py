@@ -23,8 +23,12 @@ SA_USER = "VideogenUser"
 SA_TIER = "VideogenTier"
 SA_MODEL = "VideogenModel"
 SA_STATUS = "VideogenStatus"
+# The job's Temporal priority key (queue position counts jobs ahead by it) and, once completed,
+# its GPU generation time (the queue's ETA averages recent ones).
+SA_PRIORITY = "VideogenPriority"
+SA_GEN_SECONDS = "VideogenGenSeconds"
 SEARCH_ATTRIBUTES = {SA_USER: "Keyword", SA_TIER: "Keyword", SA_MODEL: "Keyword",
-                     SA_STATUS: "Keyword"}
+                     SA_STATUS: "Keyword", SA_PRIORITY: "Int", SA_GEN_SECONDS: "Double"}
 
 # Error types: the workflow never retries these, the API maps them to `error.code`.
 ERR_INVALID_INPUT = "InvalidInput"
@@ -129,6 +133,10 @@ class GenerateOutput:
     resumed_from_step: int | None = None
     wasted_steps: int = 0
     checkpoints_written: int = 0
+    # Warm: the worker had its model loaded before the job was scheduled (no cold start in the
+    # job's wait); model_load_seconds: how long that worker took to load it.
+    warm: bool = True
+    model_load_seconds: float = 0.0
 
 
 @dataclass
@@ -162,6 +170,8 @@ class JobResult:
     generation_seconds: float
     resumed_from_step: int | None = None
     wasted_steps: int = 0
+    warm: bool = True
+    model_load_seconds: float = 0.0
 
 
 @dataclass

@@ -35,3 +35,13 @@ WASTED_STEPS = Counter(
     "videogen_wasted_steps_total",
     "Denoising steps computed by an earlier attempt and lost (not in its last checkpoint).",
 )
+JOBS_STARTED = Counter(
+    "videogen_gpu_jobs_started_total",
+    "GPU attempts started, by whether the worker was warm (model loaded before the job was "
+    "scheduled) or the job waited for a cold start.",
+    ["warm"],
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "videogen_model_load_seconds", "Time a GPU worker took to load its model.",
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
+)

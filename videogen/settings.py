@@ -14,13 +14,36 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from videogen import catalog
 
 DEV_API_KEY = "vg-dev-key"
-TIERS = ("internal", "paid", "free")
+
+
+class TierPolicy(BaseModel):
+    """How one tier is scheduled and limited. 0 means unlimited for the limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Temporal priority key: lower runs first (the server's default range is 1-5).
+    priority: int = Field(3, ge=1, le=5)
+    # Share of the queue each of the tier's users gets relative to others (Temporal fairness).
+    fairness_weight: float = Field(1.0, gt=0)
+    user_per_minute: int = Field(0, ge=0, description="Submissions per user per minute.")
+    user_concurrent: int = Field(0, ge=0, description="Queued or running jobs per user.")
+    tier_per_minute: int = Field(0, ge=0, description="Submissions per minute, whole tier.")
+    tier_concurrent: int = Field(0, ge=0, description="Queued or running jobs, whole tier.")
+    # Its own GPU queue (and workers started with VIDEOGEN_WORKER_POOL=<tier>).
+    dedicated_pool: bool = False
+
+
+DEFAULT_TIERS: dict[str, TierPolicy] = {
+    "internal": TierPolicy(priority=1),
+    "paid": TierPolicy(priority=2, user_per_minute=60, user_concurrent=10),
+    "free": TierPolicy(priority=4, user_per_minute=10, user_concurrent=2),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +71,12 @@ class Settings(BaseSettings):
         f"{DEV_API_KEY}:dev:paid",
         description="Comma-separated key:user:tier entries; tiers are internal, paid, free.",
     )
+
+    tiers: dict[str, TierPolicy] = Field(
+        default_factory=lambda: dict(DEFAULT_TIERS),
+        description="JSON object tier -> TierPolicy; replaces the default tiers as a whole.")
+    worker_pool: str = Field(
+        "", description="GPU worker: serve this tier's dedicated pool instead of the shared one.")
 
     task_queue_prefix: str = Field("videogen", description="Prefix of every task queue name.")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="GPU activity heartbeat timeout.")
@@ -84,6 +113,23 @@ class Settings(BaseSettings):
         "Checkpoints resume bit for bit only with the same count on the CPU.")
     worker_metrics_port: int = Field(0, ge=0, description="GPU worker /metrics port (0 = off).")
 
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, v: dict[str, TierPolicy]) -> dict[str, TierPolicy]:
+        if not v:
+            raise ValueError("at least one tier is needed")
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"tier name {name!r}: letters, digits, '_' and '-' only")
+        return v
+
+    @field_validator("worker_pool")
+    @classmethod
+    def _pool(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError("worker_pool: a tier name (letters, digits, '_', '-')")
+        return v
+
     @field_validator("task_queue_prefix")
     @classmethod
     def _queue_prefix(cls, v: str) -> str:
@@ -115,10 +161,16 @@ class Settings(BaseSettings):
                     f"VIDEOGEN_API_KEYS entry {entry!r} is not of the form key:user:tier"
                 )
             key, user, tier = parts
-            if tier not in TIERS:
+            if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", user):
+                # User ids go into visibility queries and fairness keys: keep them plain.
+                raise ValueError(
+                    f"VIDEOGEN_API_KEYS entry {entry!r}: user ids may hold letters, digits and "
+                    "'_.@+-' only"
+                )
+            if tier not in self.tiers:
                 raise ValueError(
                     f"VIDEOGEN_API_KEYS entry for user {user!r} has tier {tier!r}; "
-                    f"allowed tiers: {', '.join(TIERS)}"
+                    f"allowed tiers: {', '.join(self.tiers)} (VIDEOGEN_TIERS)"
                 )
             out[key] = ApiKey(key=key, user=user, tier=tier)
         return out
@@ -127,6 +179,13 @@ class Settings(BaseSettings):
     def cpu_task_queue(self) -> str:
         return f"{self.task_queue_prefix}-cpu"
 
-    def gpu_task_queue(self, model: str) -> str:
-        """One queue per model: a job only reaches a worker that holds its model warm."""
-        return f"{self.task_queue_prefix}-gpu-{model}"
+    def gpu_task_queue(self, model: str, pool: str = "") -> str:
+        """One queue per model (a job only reaches a worker that holds its model warm), and per
+        dedicated pool: `<prefix>-gpu-<model>` or `<prefix>-gpu-<model>-pool-<tier>`."""
+        base = f"{self.task_queue_prefix}-gpu-{model}"
+        return f"{base}-pool-{pool}" if pool else base
+
+    def pool_for(self, tier: str) -> str:
+        """The GPU pool a tier's jobs go to: its own if it has one, else the shared one."""
+        policy = self.tiers.get(tier)
+        return tier if policy is not None and policy.dedicated_pool else ""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 import torch
@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 from activities import pipeline
 from activities.checkpoint import CheckpointPolicy
 from activities.diffusion import DiffusionActivities
+from videogen import metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect, run_until_stopped
@@ -61,7 +62,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     model = await asyncio.to_thread(pipeline.load_pipeline, spec, device)
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
-    queue = settings.gpu_task_queue(spec.name)
+    queue = settings.gpu_task_queue(spec.name, settings.worker_pool)
     exit_code = 0
 
     def on_poisoned() -> None:
@@ -94,9 +95,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     watcher = None
     if settings.spot_notice_url:
         watcher = asyncio.create_task(_watch_spot(settings, stop))
+    metrics.MODEL_LOAD_SECONDS.observe(model.load_seconds)
+    acts.ready_at = datetime.now(UTC)
     log.info(
         "gpu worker ready",
         task_queue=queue,
+        pool=settings.worker_pool or "shared",
         model=spec.name,
         device=device,
         torch_threads=torch.get_num_threads(),

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from videogen import contracts as c
 
 STATUS_KEY = SearchAttributeKey.for_keyword(c.SA_STATUS)
+GEN_SECONDS_KEY = SearchAttributeKey.for_float(c.SA_GEN_SECONDS)
 
 # Preemption-class failures retry forever (a spot fleet can lose a job many times); input that
 # cannot be generated never retries.
@@ -81,9 +82,12 @@ class VideoGeneration:
         else:
             s.progress = max(s.progress, PROGRESS_STARTING)
 
-    def _set_status(self, status: str) -> None:
+    def _set_status(self, status: str, gen_seconds: float | None = None) -> None:
         self._state.status = status
-        workflow.upsert_search_attributes([STATUS_KEY.value_set(status)])
+        updates = [STATUS_KEY.value_set(status)]
+        if gen_seconds is not None:  # one upsert command either way: replay stays compatible
+            updates.append(GEN_SECONDS_KEY.value_set(gen_seconds))
+        workflow.upsert_search_attributes(updates)
 
     @workflow.run
     async def run(self, req: c.VideoRequest) -> c.JobResult:
@@ -125,11 +129,12 @@ class VideoGeneration:
         result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
                              generation_seconds=gen.generation_seconds,
                              resumed_from_step=gen.resumed_from_step,
-                             wasted_steps=gen.wasted_steps)
+                             wasted_steps=gen.wasted_steps, warm=gen.warm,
+                             model_load_seconds=gen.model_load_seconds)
         self._state.result = result
         self._state.phase = c.COMPLETED
         self._state.progress = 100
-        self._set_status(c.COMPLETED)
+        self._set_status(c.COMPLETED, gen_seconds=gen.generation_seconds)
         return result
 
     async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:

@@ -12,14 +12,14 @@ import json
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 from pydantic import ValidationError
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from api import jobs
+from api import admission, jobs
 from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
 from api.errors import ApiError, validation_error
 from api.schemas import CreateVideoBody, Video, VideoDeleted, VideoList
@@ -105,7 +105,7 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
         num_frames=spec.num_frames(seconds),
         num_inference_steps=steps,
         guidance_scale=spec.guidance_scale,
-        gpu_task_queue=settings.gpu_task_queue(spec.name),
+        gpu_task_queue=settings.gpu_task_queue(spec.name, settings.pool_for(key.tier)),
         cpu_task_queue=settings.cpu_task_queue,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         progress_interval_s=settings.progress_interval_s,
@@ -115,16 +115,34 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
 
 
 @router.post("", response_model=Video)
-async def create_video(request: Request, key: KeyDep, settings: SettingsDep,
-                       client: ClientDep, store: StoreDep) -> Video:
+async def create_video(request: Request, response: Response, key: KeyDep,
+                       settings: SettingsDep, client: ClientDep, store: StoreDep) -> Video:
+    idem = admission.idempotency_key(request.headers.get(admission.IDEMPOTENCY_HEADER))
     raw = await _read_body(request)
     try:
         body = CreateVideoBody.model_validate(raw)
     except ValidationError as err:
         raise validation_error(err) from None
     req = _build_request(body, key, settings)
-    await jobs.start(client, req, key)
+    fingerprint = admission.fingerprint(body)
+    if idem is not None:
+        # A retry of a request that already started a job gets that job, never a second one,
+        # and is not counted against the rate limits again.
+        req.job_id = admission.idempotent_job_id(key.user, idem)
+        found = await admission.existing(client, store, req.job_id, key, fingerprint)
+        if found is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            return await jobs.to_video(*found, live=False)
+    policy = settings.tiers[key.tier]
+    await admission.enforce_limits(client, key, policy)
+    await jobs.start(client, req, key, policy, fingerprint=fingerprint,
+                     idempotent=idem is not None)
     JOBS_SUBMITTED.labels(tier=key.tier, model=req.model).inc()
+    if idem is not None:
+        # A concurrent request with this key may have won the start: same checks as a replay.
+        found = await admission.existing(client, store, req.job_id, key, fingerprint)
+        if found is not None:
+            return await jobs.to_video(*found, live=False)
     handle, ex = await jobs.owned_handle(client, store, req.job_id, key)
     return await jobs.to_video(handle, ex, live=False)
 
@@ -151,7 +169,7 @@ async def list_videos(
 async def retrieve_video(video_id: str, key: KeyDep, client: ClientDep,
                          store: StoreDep) -> Video:
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
-    return await jobs.to_video(handle, ex)
+    return await jobs.to_video(handle, ex, client=client)
 
 
 @router.get("/{video_id}/content")
@@ -207,6 +225,7 @@ async def delete_video(video_id: str, key: KeyDep, client: ClientDep,
         store.put(c.tombstone_key(video_id), b"")
         store.delete_prefix(c.outputs_prefix(video_id))
         store.delete_prefix(c.frames_prefix(video_id))
+        store.delete_prefix(c.checkpoints_prefix(video_id))
 
     await asyncio.to_thread(remove)
     try:

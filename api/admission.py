@@ -1,0 +1,129 @@
+"""Admission at the edge: idempotent submission and rate limits, with Temporal as the only state.
+
+Several API replicas enforce the same limits because the counts come from Temporal's
+visibility store (search attributes on every job), not from process memory; idempotency comes
+from the workflow id, derived from user + key, and Temporal's id-conflict policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import Counter
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecution as Execution
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import jobs
+from api.errors import ApiError
+from api.schemas import CreateVideoBody
+from videogen import contracts as c
+from videogen.settings import ApiKey, TierPolicy
+from videogen.storage import ObjectStore
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+# A concurrency limit frees up when a job ends, which nobody can predict: a polite hint.
+CONCURRENT_RETRY_AFTER_S = 15
+
+RATE_LIMITED = Counter("videogen_rate_limited_total", "Submissions refused with 429", ["limit"])
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise ApiError(400, f"{IDEMPOTENCY_HEADER}: 1-{MAX_IDEMPOTENCY_KEY} printable ASCII "
+                       "characters (a UUID is a good choice)", param=IDEMPOTENCY_HEADER,
+                       code="invalid_idempotency_key")
+    return key
+
+
+def idempotent_job_id(user: str, key: str) -> str:
+    """The job id for (user, key): the same for every retry, different for every user."""
+    return "video_" + hashlib.sha256(f"{user}\0{key}".encode()).hexdigest()[:32]
+
+
+def fingerprint(body: CreateVideoBody) -> str:
+    """What a retry with the same Idempotency-Key must repeat: the request as sent."""
+    data = body.model_dump(mode="json", exclude_none=True)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+async def existing(client: Client, store: ObjectStore, job_id: str, key: ApiKey,
+                   expected: str) -> tuple[WorkflowHandle, Execution] | None:
+    """The job an earlier request with this Idempotency-Key started, or None if there is none.
+
+    409 if that request differed (same key, other body) or its video was deleted.
+    """
+    handle = client.get_workflow_handle(job_id, result_type=c.JobResult)
+    try:
+        desc = await handle.describe()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        if await jobs.is_deleted(store, job_id):
+            raise _deleted() from None
+        return None
+    if desc.status != WorkflowExecutionStatus.RUNNING and await jobs.is_deleted(store, job_id):
+        raise _deleted()
+    memo = await desc.memo()
+    if memo.get("request_fingerprint") != expected:
+        raise ApiError(409, f"{IDEMPOTENCY_HEADER} was already used for a different request "
+                       f"(video {job_id}); use a new key for a new request",
+                       param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+    return handle, desc
+
+
+def _deleted() -> ApiError:
+    return ApiError(409, f"the video this {IDEMPOTENCY_HEADER} created has been deleted; use a "
+                    "new key", param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+
+
+async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> None:
+    """429 with Retry-After if a submission now would exceed one of the tier's limits."""
+    user = f"{c.SA_USER} = '{key.user}'"
+    tier = f"{c.SA_TIER} = '{key.tier}'"
+    running = "ExecutionStatus = 'Running'"
+    checks = [
+        ("user_concurrent", policy.user_concurrent, f"{user} AND {running}",
+         f"{{n}} queued or running jobs for user {key.user!r}"),
+        ("user_per_minute", policy.user_per_minute, user,
+         f"{{n}} submissions per minute for user {key.user!r}"),
+        ("tier_concurrent", policy.tier_concurrent, f"{tier} AND {running}",
+         f"{{n}} queued or running jobs for tier {key.tier!r}"),
+        ("tier_per_minute", policy.tier_per_minute, tier,
+         f"{{n}} submissions per minute for tier {key.tier!r}"),
+    ]
+    for name, limit, where, what in checks:
+        if not limit:
+            continue
+        per_minute = name.endswith("per_minute")
+        since = datetime.now(UTC) - timedelta(minutes=1)
+        query = f"WorkflowType = '{c.WORKFLOW_NAME}' AND {where}"
+        if per_minute:
+            query += f" AND StartTime > '{since.isoformat()}'"
+        count = (await client.count_workflows(query)).count
+        if count < limit:
+            continue
+        retry = await _per_minute_retry(client, query, since) if per_minute \
+            else CONCURRENT_RETRY_AFTER_S
+        RATE_LIMITED.labels(limit=name).inc()
+        raise ApiError(
+            429, f"rate limit reached: {what.format(n=limit)} (tier {key.tier!r}, limit "
+            f"{name}); retry after {retry} s", code=name, headers={"Retry-After": str(retry)})
+
+
+async def _per_minute_retry(client: Client, query: str, since: datetime) -> int:
+    """Seconds until the oldest submission in the window leaves it."""
+    oldest = None
+    async for ex in client.list_workflows(query, limit=1000):
+        if oldest is None or ex.start_time < oldest:
+            oldest = ex.start_time
+    if oldest is None:
+        return 1
+    return max(1, math.ceil((oldest - since).total_seconds()))
