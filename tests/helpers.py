@@ -18,8 +18,8 @@ from videogen.stack import Stack
 # Small enough for a 2-core CI machine: a job takes about a second.
 SMALL = {"size": "64x64", "seconds": 1, "num_inference_steps": 3}
 
-# Preemption tests' stacks: checkpoints every 4 steps, an ungraceful death noticed after 5 s.
-HEARTBEAT_TIMEOUT_S = 5
+# Preemption tests' stacks: checkpoints every 4 steps, an ungraceful death noticed after 3 s.
+HEARTBEAT_TIMEOUT_S = 3
 EVERY_STEPS = 4
 # Long enough to be interrupted several times: ~25 ms a step on an idle 2-core machine.
 JOB = {"size": "128x128", "seconds": 1, "num_inference_steps": 60}

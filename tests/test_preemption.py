@@ -3,7 +3,7 @@ and SIGSTOP, and the jobs still give every user their video exactly once, byte-i
 uninterrupted run.
 
 The stack here has two GPU workers (one stands by for the other's jobs), checkpoints every 4
-steps and a 5 s heartbeat timeout, so an ungraceful death is noticed quickly.
+steps and a 3 s heartbeat timeout, so an ungraceful death is noticed quickly.
 """
 
 from __future__ import annotations
@@ -187,11 +187,11 @@ async def test_chaos_every_job_completes_once_and_identical(
     SIGKILL, and restarts them as a supervisor would."""
     pstack.wait_gpu_workers(2)
     rng = random.Random(20261127)
-    seeds = [201, 202, 203, 204]
+    seeds = [201, 202, 203]
     jobs = {start(papi, seed): seed for seed in seeds}
     kills: dict[str, list[str]] = {job: [] for job in jobs}
     deadline = time.monotonic() + 240
-    signals = [signal.SIGTERM, signal.SIGKILL] * 3  # both kinds, in a random order
+    signals = [signal.SIGTERM, signal.SIGKILL] * 2  # both kinds, in a random order
     rng.shuffle(signals)
     budget = len(signals)
     while time.monotonic() < deadline:
