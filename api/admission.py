@@ -29,6 +29,9 @@ MAX_IDEMPOTENCY_KEY = 255
 # A concurrency limit frees up when a job ends, which nobody can predict: a polite hint.
 CONCURRENT_RETRY_AFTER_S = 15
 
+TRANSIENT = (RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE,
+             RPCStatusCode.DEADLINE_EXCEEDED)
+
 RATE_LIMITED = Counter("videogen_rate_limited_total", "Submissions refused with 429", ["limit"])
 
 
@@ -107,23 +110,29 @@ async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> Non
         query = f"WorkflowType = '{c.WORKFLOW_NAME}' AND {where}"
         if per_minute:
             query += f" AND StartTime > '{since.isoformat()}'"
-        count = (await client.count_workflows(query)).count
-        if count < limit:
-            continue
-        retry = await _per_minute_retry(client, query, since) if per_minute \
-            else CONCURRENT_RETRY_AFTER_S
+        try:
+            count = (await client.count_workflows(query)).count
+            if count < limit:
+                continue
+            retry = await _per_minute_retry(client, query, since, count - limit) \
+                if per_minute else CONCURRENT_RETRY_AFTER_S
+        except RPCError as err:
+            if err.status in TRANSIENT:  # the client should retry, not see a 500
+                raise ApiError(503, f"cannot check rate limits right now ({err.message}); "
+                               "retry shortly", code="service_unavailable",
+                               headers={"Retry-After": "2"}) from None
+            raise
         RATE_LIMITED.labels(limit=name).inc()
         raise ApiError(
             429, f"rate limit reached: {what.format(n=limit)} (tier {key.tier!r}, limit "
             f"{name}); retry after {retry} s", code=name, headers={"Retry-After": str(retry)})
 
 
-async def _per_minute_retry(client: Client, query: str, since: datetime) -> int:
-    """Seconds until the oldest submission in the window leaves it."""
-    oldest = None
-    async for ex in client.list_workflows(query, limit=1000):
-        if oldest is None or ex.start_time < oldest:
-            oldest = ex.start_time
-    if oldest is None:
+async def _per_minute_retry(client: Client, query: str, since: datetime, over: int) -> int:
+    """Seconds until enough submissions have left the window for one more (`over` is how many
+    the window holds beyond the limit: visibility lag can let a few through)."""
+    starts = sorted([ex.start_time async for ex in client.list_workflows(query, limit=1000)])
+    if not starts:
         return 1
-    return max(1, math.ceil((oldest - since).total_seconds()))
+    leaving = starts[min(max(over, 0), len(starts) - 1)]
+    return max(1, math.ceil((leaving - since).total_seconds()))

@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import timedelta
 
+import structlog
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -55,6 +56,7 @@ PRIORITY_KEY = SearchAttributeKey.for_int(c.SA_PRIORITY)
 GEN_SECONDS_KEY = SearchAttributeKey.for_float(c.SA_GEN_SECONDS)
 
 QUERY_TIMEOUT = timedelta(seconds=5)
+log = structlog.get_logger(__name__)
 
 
 def new_job_id() -> str:
@@ -142,7 +144,7 @@ async def is_deleted(store: ObjectStore, job_id: str) -> bool:
 
 
 async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
-                   client: Client | None = None) -> Video:
+                   client: Client | None = None, queue_tiers: list[str] | None = None) -> Video:
     """Build the Video object from the execution, plus (if `live`) the workflow's own state;
     with a `client`, a queued job also gets its queue position and estimated start."""
     memo = await ex.memo()
@@ -170,8 +172,11 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
         else:
             _apply_state(video, state)
         if client is not None and video.status == c.QUEUED:
-            video.queue_position, video.estimated_start_at = await queue_estimate(
-                client, ex, memo.get("gpu_task_queue"))
+            try:
+                video.queue_position, video.estimated_start_at = await queue_estimate(
+                    client, ex, memo.get("gpu_task_queue"), queue_tiers)
+            except RPCError as err:  # an estimate is optional: never fail the read for it
+                log.warning("queue estimate unavailable", job_id=ex.id, error=str(err))
     elif status == WorkflowExecutionStatus.COMPLETED:
         video.status, video.phase, video.progress = c.COMPLETED, c.COMPLETED, 100
         video.step = video.total_steps
@@ -188,12 +193,13 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
     return video
 
 
-async def queue_estimate(client: Client, ex: Execution,
-                         gpu_queue: str | None) -> tuple[int, int]:
+async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
+                         tiers: list[str] | None = None) -> tuple[int, int]:
     """(jobs ahead of this queued one, estimated start as a Unix time).
 
-    Ahead: queued jobs of the same model with a higher priority, or the same priority and an
-    earlier start (fairness may interleave users of one priority: an estimate). The ETA spreads
+    Ahead: queued jobs of the same model and pool (`tiers` sharing it) with a higher priority,
+    or the same priority and an earlier start (fairness may interleave users of one priority:
+    an estimate). The ETA spreads
     those and the jobs running now over the GPU workers polling the queue, at the average
     generation time of the model's recent completed jobs.
     """
@@ -202,6 +208,8 @@ async def queue_estimate(client: Client, ex: Execution,
     prio = sa.get(PRIORITY_KEY) or 3
     base = (f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND "
             f"{c.SA_MODEL} = '{model}'")
+    if tiers:  # only the tiers that wait on the same GPU pool compete with this job
+        base += f" AND {c.SA_TIER} IN ({', '.join(repr(t) for t in tiers)})"
     started = ex.start_time.isoformat()
     ahead = (await client.count_workflows(
         f"{base} AND {c.SA_STATUS} = '{c.QUEUED}' AND ({c.SA_PRIORITY} < {prio} OR "

@@ -68,6 +68,8 @@ def test_tiers_come_from_json_and_are_checked(monkeypatch: pytest.MonkeyPatch) -
         Settings()
 
 
-def test_user_ids_are_plain() -> None:
-    with pytest.raises(ValueError, match="user ids may hold"):
-        Settings(api_keys="k:o'brien:paid").keys  # noqa: B018
+@pytest.mark.parametrize("user", ["o'brien", "x" * 65])
+def test_user_ids_are_plain_and_short(user: str) -> None:
+    # They become visibility queries and Temporal fairness keys (at most 64 bytes).
+    with pytest.raises(ValueError, match="user ids may hold up to 64"):
+        Settings(api_keys=f"k:{user}:paid").keys  # noqa: B018

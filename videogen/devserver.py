@@ -24,6 +24,9 @@ DYNAMIC_CONFIG = {
     "matching.numTaskqueueReadPartitions": "1",
     "matching.numTaskqueueWritePartitions": "1",
     "matching.enableFairness": "true",
+    # The API counts jobs in visibility for rate limits and queue positions: the default
+    # 10 visibility requests per second per namespace is too few for a busy API.
+    "frontend.namespaceRPS.visibility": "200",
 }
 
 

@@ -161,11 +161,12 @@ class Settings(BaseSettings):
                     f"VIDEOGEN_API_KEYS entry {entry!r} is not of the form key:user:tier"
                 )
             key, user, tier = parts
-            if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", user):
-                # User ids go into visibility queries and fairness keys: keep them plain.
+            if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,64}", user):
+                # User ids go into visibility queries and Temporal fairness keys (at most 64
+                # bytes): keep them plain and short.
                 raise ValueError(
-                    f"VIDEOGEN_API_KEYS entry {entry!r}: user ids may hold letters, digits and "
-                    "'_.@+-' only"
+                    f"VIDEOGEN_API_KEYS entry {entry!r}: user ids may hold up to 64 letters, "
+                    "digits and '_.@+-' only"
                 )
             if tier not in self.tiers:
                 raise ValueError(
@@ -184,6 +185,11 @@ class Settings(BaseSettings):
         dedicated pool: `<prefix>-gpu-<model>` or `<prefix>-gpu-<model>-pool-<tier>`."""
         base = f"{self.task_queue_prefix}-gpu-{model}"
         return f"{base}-pool-{pool}" if pool else base
+
+    def tiers_sharing_pool(self, tier: str) -> list[str]:
+        """The tiers whose jobs wait on the same GPU queues as `tier`'s."""
+        pool = self.pool_for(tier)
+        return [t for t in self.tiers if self.pool_for(t) == pool]
 
     def pool_for(self, tier: str) -> str:
         """The GPU pool a tier's jobs go to: its own if it has one, else the shared one."""

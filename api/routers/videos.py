@@ -134,7 +134,17 @@ async def create_video(request: Request, response: Response, key: KeyDep,
             response.headers["Idempotent-Replayed"] = "true"
             return await jobs.to_video(*found, live=False)
     policy = settings.tiers[key.tier]
-    await admission.enforce_limits(client, key, policy)
+    try:
+        await admission.enforce_limits(client, key, policy)
+    except ApiError as err:
+        # A concurrent request with the same key may just have started the job (and so made
+        # the count): that job is this request's answer, not a 429.
+        if err.status == 429 and idem is not None:
+            found = await admission.existing(client, store, req.job_id, key, fingerprint)
+            if found is not None:
+                response.headers["Idempotent-Replayed"] = "true"
+                return await jobs.to_video(*found, live=False)
+        raise
     await jobs.start(client, req, key, policy, fingerprint=fingerprint,
                      idempotent=idem is not None)
     JOBS_SUBMITTED.labels(tier=key.tier, model=req.model).inc()
@@ -166,10 +176,11 @@ async def list_videos(
 
 
 @router.get("/{video_id}", response_model=Video)
-async def retrieve_video(video_id: str, key: KeyDep, client: ClientDep,
+async def retrieve_video(video_id: str, key: KeyDep, settings: SettingsDep, client: ClientDep,
                          store: StoreDep) -> Video:
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
-    return await jobs.to_video(handle, ex, client=client)
+    return await jobs.to_video(handle, ex, client=client,
+                               queue_tiers=settings.tiers_sharing_pool(key.tier))
 
 
 @router.get("/{video_id}/content")
