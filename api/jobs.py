@@ -164,13 +164,13 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
     )
     status = ex.status
     if status == WorkflowExecutionStatus.RUNNING:
-        state = await _query(handle) if live else None
+        state = await query_state(handle) if live else None
         if state is None:  # no worker answered: fall back to what visibility knows
             video.status = ex.typed_search_attributes.get(STATUS_KEY) or c.QUEUED
             if video.status not in (c.QUEUED, c.IN_PROGRESS):
                 video.status = c.IN_PROGRESS
         else:
-            _apply_state(video, state)
+            apply_state(video, state)
         if client is not None and video.status == c.QUEUED:
             try:
                 video.queue_position, video.estimated_start_at = await queue_estimate(
@@ -240,7 +240,8 @@ async def _pollers(client: Client, queue: str) -> int:
     return len({p.identity for p in resp.pollers}) or 1
 
 
-async def _query(handle: WorkflowHandle) -> c.JobStatus | None:
+async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:
+    """The workflow's live state, or None if no worker answered in time."""
     try:
         return await handle.query(c.QUERY_STATUS, result_type=c.JobStatus,
                                   rpc_timeout=QUERY_TIMEOUT)
@@ -248,7 +249,7 @@ async def _query(handle: WorkflowHandle) -> c.JobStatus | None:
         return None
 
 
-def _apply_state(video: Video, s: c.JobStatus) -> None:
+def apply_state(video: Video, s: c.JobStatus) -> None:
     video.status = s.status if s.status in (c.QUEUED, c.IN_PROGRESS) else c.IN_PROGRESS
     video.phase = s.phase
     video.progress = s.progress

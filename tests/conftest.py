@@ -42,6 +42,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
         env={
             "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{OTHER_KEY}:other:free",
             "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
+            "VIDEOGEN_EVENTS_POLL_S": "0.1",
+            "VIDEOGEN_EVENTS_KEEPALIVE_S": "0.5",
             "VIDEOGEN_TASK_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
             # The suite submits faster than the default limits allow a user; limits have
             # their own tests (test_scheduling.py).

@@ -36,6 +36,15 @@ def test_submit_wait_download_status(stack: Stack, tmp_path: Path) -> None:
     assert video_id in _videogen(stack, "list").stdout
 
 
+def test_watch_follows_a_job_to_its_end(stack: Stack) -> None:
+    submitted = _videogen(stack, "submit", "a kite", "--size", "64x64", "--seconds", "1",
+                          "--steps", "20")
+    video_id = submitted.stdout.strip()
+    watched = _videogen(stack, "watch", video_id)
+    assert watched.returncode == 0, watched.stderr
+    assert video_id in watched.stdout and "completed" in watched.stdout
+
+
 def test_client_errors_are_one_clear_line(stack: Stack, tmp_path: Path) -> None:
     missing = _videogen(stack, "download", "video_nope", "-o", str(tmp_path / "x.mp4"))
     assert missing.returncode == 1

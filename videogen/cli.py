@@ -1,8 +1,9 @@
 """The `videogen` command: run the stack or its parts, and use the API from a terminal.
 
 Process commands: `up`, `demo`, `temporal`, `api`, `worker gpu|cpu`.
-Client commands (over HTTP, `VIDEOGEN_API_URL` / `VIDEOGEN_API_KEY`): `submit`, `status`,
-`cancel`, `download`, `list`. Operator command: `replay` (a history through the workflow code).
+Client commands (over HTTP, `VIDEOGEN_API_URL` / `VIDEOGEN_API_KEY`): `submit`, `watch`,
+`status`, `cancel`, `download`, `list`. Operator command: `replay` (a history through the
+workflow code).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,17 +79,54 @@ def _line(v: dict[str, Any]) -> str:
     return f"{v['id']}  {v['status']:<11} {v['progress']:>3}%{extra}  {v['prompt'][:50]!r}"
 
 
+def iter_events(http: httpx.Client, video_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, Video object) from the job's server-sent events until it ends; reconnects with
+    Last-Event-ID if the connection drops."""
+    last_id: str | None = None
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with http.stream("GET", f"/v1/videos/{video_id}/events", headers=headers,
+                             timeout=httpx.Timeout(30, read=None)) as resp:
+                _raise_for_error(resp)
+                event, data = "message", []
+                for line in resp.iter_lines():
+                    if line.startswith(":"):
+                        continue  # keep-alive
+                    if line == "":
+                        if data:
+                            yield event, json.loads("\n".join(data))
+                            if event != "progress":
+                                return
+                        event, data = "message", []
+                        continue
+                    field, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if field == "event":
+                        event = value
+                    elif field == "data":
+                        data.append(value)
+                    elif field == "id":
+                        last_id = value
+            return  # the server closed the stream after the final event
+        except httpx.TransportError:
+            time.sleep(1)  # dropped: resume where we were
+
+
 def wait_with_progress(http: httpx.Client, video_id: str, quiet: bool = False) -> dict[str, Any]:
-    """Poll the job until it ends, drawing a progress bar (phase, step, attempt)."""
+    """Follow the job's event stream until it ends, drawing a progress bar (phase, step,
+    attempt, and where a resumed attempt continued from)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    v: dict[str, Any] = {}
     with Progress(*columns, transient=False, disable=quiet) as bar:
         task = bar.add_task("queued", total=100)
-        while True:
-            v = _call(http, "GET", f"/v1/videos/{video_id}").json()
+        for _, v in iter_events(http, video_id):
             desc = v["phase"]
+            if v["phase"] == "queued" and v.get("queue_position") is not None:
+                desc = f"queued (position {v['queue_position']})"
             if v["phase"] == "denoising":
                 desc = f"denoising step {v['step']}/{v['total_steps']}"
             if v.get("resumed_from_step") is not None:
@@ -95,9 +134,9 @@ def wait_with_progress(http: httpx.Client, video_id: str, quiet: bool = False) -
             if v["attempt"] > 1:
                 desc += f" attempt {v['attempt']}"
             bar.update(task, completed=v["progress"], description=desc)
-            if v["status"] in TERMINAL:
-                return v
-            time.sleep(0.25)
+    if not v:  # the stream ended without an event: ask once
+        v = _call(http, "GET", f"/v1/videos/{video_id}").json()
+    return v
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -119,6 +158,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.output:
             _download(http, v["id"], "video", Path(args.output))
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as http:
+        v = wait_with_progress(http, args.id)
+    print(_line(v))
+    return 0 if v["status"] == "completed" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -369,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", action="store_true", help="show progress until the job ends")
     sp.add_argument("-o", "--output", help="with --wait: write the MP4 here")
     sp.set_defaults(func=cmd_submit)
+
+    sp = client_cmd("watch", "follow a job live (server-sent events) until it ends")
+    sp.add_argument("id")
+    sp.set_defaults(func=cmd_watch)
 
     sp = client_cmd("status", "show a job")
     sp.add_argument("id")

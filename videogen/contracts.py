@@ -206,6 +206,9 @@ class JobStatus:
     status: str = QUEUED
     phase: str = PHASE_QUEUED
     progress: int = 0
+    # Bumped on every change: the id of server-sent events, so a viewer that reconnects with
+    # Last-Event-ID gets only what it missed.
+    seq: int = 0
     step: int = 0
     total_steps: int = 0
     attempt: int = 0

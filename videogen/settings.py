@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(
         1.0, ge=0, description="Least time between progress signals of one job."
     )
+    events_poll_s: float = Field(0.5, gt=0, description="How often an SSE stream looks at "
+                                 "its job (a query: no workflow history per viewer).")
+    events_keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval.")
     gpu_start_timeout_s: float = Field(
         0, ge=0, description="Fail a job if no GPU worker picks it up in this time (0 = wait)."
     )

@@ -74,6 +74,7 @@ class VideoGeneration:
         s.total_steps = update.total_steps or s.total_steps
         s.resumed_from_step = update.resumed_from_step
         s.wasted_steps = max(s.wasted_steps, update.wasted_steps)
+        s.seq += 1
         if update.phase in (c.PHASE_DENOISING, c.PHASE_RESUMING) and s.total_steps:
             span = PROGRESS_DECODING - PROGRESS_STARTING
             s.progress = PROGRESS_STARTING + span * s.step // s.total_steps
@@ -84,6 +85,7 @@ class VideoGeneration:
 
     def _set_status(self, status: str, gen_seconds: float | None = None) -> None:
         self._state.status = status
+        self._state.seq += 1
         updates = [STATUS_KEY.value_set(status)]
         if gen_seconds is not None:  # one upsert command either way: replay stays compatible
             updates.append(GEN_SECONDS_KEY.value_set(gen_seconds))
@@ -98,6 +100,7 @@ class VideoGeneration:
                 self._set_status(c.IN_PROGRESS)
             self._state.phase = c.PHASE_ENCODING
             self._state.progress = PROGRESS_ENCODING
+            self._state.seq += 1
             self._state.attempt = gen.attempt
             self._state.resumed_from_step = gen.resumed_from_step
             self._state.wasted_steps = gen.wasted_steps
