@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
 from api import errors
-from api.routers import events, health, videos
+from api.routers import events, files, health, videos, webhooks
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect
@@ -43,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(videos.router)
     app.include_router(events.router)
+    app.include_router(files.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
 
     @app.middleware("http")

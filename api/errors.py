@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = structlog.get_logger(__name__)
 
 _TYPES = {
+    403: "permission_error",
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",

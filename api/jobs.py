@@ -80,6 +80,8 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey,
         "metadata": req.metadata,
         "request_fingerprint": fingerprint,
         "gpu_task_queue": req.gpu_task_queue,
+        "retention_s": req.retention_s,
+        "webhook_url": req.webhook_url,
     }
     if idempotent:
         # USE_EXISTING joins a running workflow of this id (concurrent retries of one request);
@@ -179,6 +181,8 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
                 log.warning("queue estimate unavailable", job_id=ex.id, error=str(err))
     elif status == WorkflowExecutionStatus.COMPLETED:
         video.status, video.phase, video.progress = c.COMPLETED, c.COMPLETED, 100
+        if memo.get("retention_s") and ex.close_time:
+            video.expires_at = int(ex.close_time.timestamp() + memo["retention_s"])
         video.step = video.total_steps
         if live:  # the result is in the history: one read, no worker needed
             result: c.JobResult = await handle.result()

@@ -91,3 +91,15 @@ class VideoDeleted(BaseModel):
     id: str
     object: Literal["video.deleted"] = "video.deleted"
     deleted: bool = True
+
+
+class ContentURL(BaseModel):
+    url: str = Field(description="GET it without an API key until expires_at.")
+    expires_at: int
+    variant: str
+
+
+class WebhookSecret(BaseModel):
+    object: Literal["webhook_secret"] = "webhook_secret"
+    secret: str = Field(description="whsec_…: verify `webhook-signature` with it "
+                        "(Standard Webhooks).")

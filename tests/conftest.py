@@ -44,6 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
             "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
             "VIDEOGEN_EVENTS_POLL_S": "0.1",
             "VIDEOGEN_EVENTS_KEEPALIVE_S": "0.5",
+            # The tests' webhook receivers listen on loopback; nothing else private is allowed.
+            "VIDEOGEN_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
             "VIDEOGEN_TASK_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
             # The suite submits faster than the default limits allow a user; limits have
             # their own tests (test_scheduling.py).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -57,6 +58,10 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3ser
         assert wait_for(s3_api, v["id"])["status"] == "completed"
         video = s3_api.get(f"/v1/videos/{v['id']}/content").content
         assert probe_mp4(video).frames == 9
+        # A presigned S3 URL serves the same bytes to anyone holding it, without an API key.
+        link = s3_api.get(f"/v1/videos/{v['id']}/content_url").json()
+        assert "Signature=" in link["url"] and link["expires_at"] > time.time()
+        assert httpx.get(link["url"], timeout=30).content == video
 
         keys = [o["Key"] for o in moto_s3.client().list_objects_v2(
             Bucket=s3_stack.bucket, Prefix="videogen/").get("Contents", [])]  # type: ignore[attr-defined]

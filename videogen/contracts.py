@@ -15,6 +15,11 @@ WORKFLOW_NAME = "VideoGeneration"
 ACTIVITY_GENERATE = "generate_video"
 ACTIVITY_ENCODE = "encode_video"
 ACTIVITY_CLEANUP = "cleanup_job"
+ACTIVITY_WEBHOOK = "deliver_webhook"
+# Children a job starts as it ends, abandoned so they outlive it: a webhook delivery retried
+# until it lands, and the timer that deletes the assets when they expire.
+WEBHOOK_WORKFLOW = "WebhookDelivery"
+RETENTION_WORKFLOW = "VideoRetention"
 SIGNAL_PROGRESS = "report_progress"
 QUERY_STATUS = "status"
 
@@ -112,6 +117,10 @@ class VideoRequest:
     progress_interval_s: float = 1.0
     gpu_start_timeout_s: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
+    # Where `video.completed|failed|cancelled` go (empty: nowhere); checked at submission.
+    webhook_url: str = ""
+    # Seconds the outputs are kept after completion (0: until deleted).
+    retention_s: float = 0.0
 
 
 @dataclass
@@ -216,3 +225,24 @@ class JobStatus:
     wasted_steps: int = 0
     error: JobError | None = None
     result: JobResult | None = None
+
+
+@dataclass
+class WebhookInput:
+    """One event for one job's webhook; `webhook_id` is the same on every delivery attempt."""
+
+    job_id: str
+    user: str
+    url: str
+    event: str
+    webhook_id: str
+    # The JSON body, exactly as sent and signed on every attempt.
+    body: str
+    cpu_task_queue: str
+
+
+@dataclass
+class RetentionInput:
+    job_id: str
+    seconds: float
+    cpu_task_queue: str

@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(
         1.0, ge=0, description="Least time between progress signals of one job."
     )
+    webhook_secret_key: str = Field(
+        "videogen-dev-webhook-key", description="Master key the users' webhook signing "
+        "secrets derive from; set a long random value in production.")
+    webhook_allowed_hosts: str = Field(
+        "", description="Comma-separated webhook hosts allowed although they are loopback or "
+        "private ('*': any). Development only.")
+    url_signing_key: str = Field(
+        "videogen-dev-url-key", description="Key of the signed download URLs (file:// "
+        "storage); set a long random value in production.")
+    signed_url_ttl_s: float = Field(3600.0, gt=0, description="Lifetime of a download URL.")
+    retention_s: float = Field(
+        7 * 86400.0, ge=0, description="Seconds a finished video's files are kept (0: until "
+        "DELETE).")
+    public_url: str = Field(
+        "", description="The API's external base URL for signed links (default: as requested).")
     events_poll_s: float = Field(0.5, gt=0, description="How often an SSE stream looks at "
                                  "its job (a query: no workflow history per viewer).")
     events_keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval.")
@@ -188,6 +203,10 @@ class Settings(BaseSettings):
         dedicated pool: `<prefix>-gpu-<model>` or `<prefix>-gpu-<model>-pool-<tier>`."""
         base = f"{self.task_queue_prefix}-gpu-{model}"
         return f"{base}-pool-{pool}" if pool else base
+
+    @property
+    def webhook_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip() for h in self.webhook_allowed_hosts.split(",") if h.strip())
 
     def tiers_sharing_pool(self, tier: str) -> list[str]:
         """The tiers whose jobs wait on the same GPU queues as `tier`'s."""

@@ -14,9 +14,11 @@ import structlog
 from temporalio.worker import Worker
 
 from activities.postprocess import PostprocessActivities
+from activities.webhooks import WebhookActivities
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect, run_until_stopped
+from workflows.notify import VideoRetention, WebhookDelivery
 from workflows.video import VideoGeneration
 
 log = structlog.get_logger(__name__)
@@ -26,11 +28,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
     acts = PostprocessActivities(store)
+    hooks = WebhookActivities(settings.webhook_secret_key,
+                              allowed_hosts=settings.webhook_hosts)
     worker = Worker(
         client,
         task_queue=settings.cpu_task_queue,
-        workflows=[VideoGeneration],
-        activities=[acts.encode_video, acts.cleanup_job],
+        workflows=[VideoGeneration, WebhookDelivery, VideoRetention],
+        activities=[acts.encode_video, acts.cleanup_job, hooks.deliver_webhook],
         # Encoding is CPU-bound (x264 on one thread each): more at once than cores only adds
         # latency to every job.
         max_concurrent_activities=os.cpu_count() or 1,

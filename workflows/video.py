@@ -8,6 +8,7 @@ arrives by signal from the GPU activity and is served by the `status` query.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 from temporalio import workflow
@@ -120,6 +121,7 @@ class VideoGeneration:
                 self._state.phase = c.CANCELLED
                 self._set_status(c.CANCELLED)
                 await self._cleanup(req, remove_outputs=True)
+                await self._notify(req, c.CANCELLED)
                 raise
             assert isinstance(err, ActivityError)
             code, message = _describe_failure(err)
@@ -127,6 +129,7 @@ class VideoGeneration:
             self._state.phase = c.FAILED
             self._set_status(c.FAILED)
             await self._cleanup(req, remove_outputs=True)
+            await self._notify(req, c.FAILED)
             raise ApplicationError(message, type=code, non_retryable=True) from err
 
         result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
@@ -138,6 +141,16 @@ class VideoGeneration:
         self._state.phase = c.COMPLETED
         self._state.progress = 100
         self._set_status(c.COMPLETED, gen_seconds=gen.generation_seconds)
+        if req.retention_s > 0:
+            await workflow.start_child_workflow(
+                c.RETENTION_WORKFLOW,
+                c.RetentionInput(job_id=req.job_id, seconds=req.retention_s,
+                                 cpu_task_queue=req.cpu_task_queue),
+                id=f"{req.job_id}-retention",
+                task_queue=req.cpu_task_queue,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            )
+        await self._notify(req, c.COMPLETED)
         return result
 
     async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:
@@ -155,6 +168,32 @@ class VideoGeneration:
             retry_policy=GPU_RETRY,
             # The GPU must really have stopped before the workflow reports `cancelled`.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _notify(self, req: c.VideoRequest, status: str) -> None:
+        """Hand the job's final event to a durable, abandoned delivery workflow (if asked)."""
+        if not req.webhook_url:
+            return
+        s = self._state
+        event = f"video.{status}"
+        payload = {
+            "type": event,
+            "timestamp": workflow.now().isoformat(),
+            "data": {
+                "id": req.job_id, "object": "video", "status": status, "model": req.model,
+                "progress": s.progress, "attempt": s.attempt,
+                "error": {"code": s.error.code, "message": s.error.message} if s.error else None,
+            },
+        }
+        await workflow.start_child_workflow(
+            c.WEBHOOK_WORKFLOW,
+            c.WebhookInput(job_id=req.job_id, user=req.user, url=req.webhook_url, event=event,
+                           webhook_id=f"msg_{req.job_id}_{status}",
+                           body=json.dumps(payload, separators=(",", ":")),
+                           cpu_task_queue=req.cpu_task_queue),
+            id=f"{req.job_id}-webhook-{status}",
+            task_queue=req.cpu_task_queue,
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
         )
 
     async def _cleanup(self, req: c.VideoRequest, *, remove_outputs: bool) -> None:

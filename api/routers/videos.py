@@ -10,23 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter
 from pydantic import ValidationError
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from api import admission, jobs
 from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
 from api.errors import ApiError, validation_error
-from api.schemas import CreateVideoBody, Video, VideoDeleted, VideoList
+from api.routers import files
+from api.schemas import ContentURL, CreateVideoBody, Video, VideoDeleted, VideoList
 from videogen import contracts as c
+from videogen import webhooks
 from videogen.catalog import ModelSpec
 from videogen.settings import ApiKey, Settings
-from videogen.storage import NotFound
+from videogen.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -85,9 +88,6 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
     if steps > spec.max_steps:
         raise ApiError(400, f"num_inference_steps: at most {spec.max_steps} for {spec.name}",
                        param="num_inference_steps", code="invalid_value")
-    if body.webhook_url is not None:
-        raise ApiError(400, "webhook_url: webhooks are not available yet; poll GET "
-                       "/v1/videos/{id} instead", param="webhook_url", code="unsupported")
     width, height = spec.parse_size(size)
     return c.VideoRequest(
         job_id=jobs.new_job_id(),
@@ -111,6 +111,8 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
         progress_interval_s=settings.progress_interval_s,
         gpu_start_timeout_s=settings.gpu_start_timeout_s,
         metadata=body.metadata or {},
+        webhook_url=body.webhook_url or "",
+        retention_s=settings.retention_s,
     )
 
 
@@ -124,6 +126,13 @@ async def create_video(request: Request, response: Response, key: KeyDep,
     except ValidationError as err:
         raise validation_error(err) from None
     req = _build_request(body, key, settings)
+    if req.webhook_url:
+        try:  # resolves the host: off the event loop
+            await asyncio.to_thread(webhooks.check_url, req.webhook_url,
+                                    allowed_hosts=settings.webhook_hosts)
+        except webhooks.UnsafeWebhookURL as err:
+            raise ApiError(400, f"webhook_url: {err}", param="webhook_url",
+                           code="invalid_webhook_url") from None
     fingerprint = admission.fingerprint(body)
     if idem is not None:
         # A retry of a request that already started a job gets that job, never a second one,
@@ -191,6 +200,13 @@ async def download_content(
     store: StoreDep,
     variant: Annotated[str, Query(description="video | thumbnail | spritesheet")] = "video",
 ) -> StreamingResponse:
+    obj = await _content_object(client, store, video_id, key, variant)
+    return await files.stream(store, video_id, variant, obj)
+
+
+async def _content_object(client: Client, store: ObjectStore, video_id: str, key: ApiKey,
+                          variant: str) -> str:
+    """The object key of a completed video's variant; 400/404/409 otherwise."""
     if variant not in c.VARIANTS:
         raise ApiError(400, f"variant: {variant!r} is not one of {', '.join(c.VARIANTS)}",
                        param="variant", code="invalid_value")
@@ -198,20 +214,30 @@ async def download_content(
     if ex.status != WorkflowExecutionStatus.COMPLETED:
         raise ApiError(409, f"video {video_id} is not completed; its content is available once "
                        "status is 'completed'", code="video_not_ready")
-    name, media_type = c.VARIANTS[variant]
-    obj = c.outputs_prefix(video_id) + name
-    try:
-        size = await asyncio.to_thread(store.size, obj)
-    except NotFound:
-        raise ApiError(404, f"the {variant} of video {video_id} is no longer stored",
-                       code="content_gone") from None
-    ext = name.rsplit(".", 1)[-1]
-    return StreamingResponse(
-        store.iter_chunks(obj),
-        media_type=media_type,
-        headers={"Content-Length": str(size),
-                 "Content-Disposition": f'attachment; filename="{video_id}.{ext}"'},
-    )
+    return c.outputs_prefix(video_id) + c.VARIANTS[variant][0]
+
+
+@router.get("/{video_id}/content_url", response_model=ContentURL)
+async def content_url(
+    video_id: str,
+    request: Request,
+    key: KeyDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    store: StoreDep,
+    variant: Annotated[str, Query(description="video | thumbnail | spritesheet")] = "video",
+) -> ContentURL:
+    """An expiring URL that serves the content without an API key (to hand to a browser or a
+    CDN): presigned by S3 on s3://, HMAC-signed by this API on file://."""
+    obj = await _content_object(client, store, video_id, key, variant)
+    expires = int(time.time() + settings.signed_url_ttl_s)
+    presign = getattr(store, "presigned_get_url", None)
+    if presign is not None:
+        url = await asyncio.to_thread(presign, obj, settings.signed_url_ttl_s)
+    else:
+        base = (settings.public_url or str(request.base_url)).rstrip("/")
+        url = f"{base}{files.signed_path(settings.url_signing_key, video_id, variant, expires)}"
+    return ContentURL(url=url, expires_at=expires, variant=variant)
 
 
 @router.post("/{video_id}/cancel", response_model=Video)

@@ -1,0 +1,71 @@
+"""CPU activity: deliver one signed webhook (Standard Webhooks) to a user's endpoint.
+
+Temporal retries it with backoff, so a delivery survives endpoint outages and worker or API
+restarts; every attempt carries the same `webhook-id` (receivers deduplicate on it) and a fresh
+timestamp and signature. Redirects are never followed, and the target is checked against the
+SSRF rules again before each attempt, since DNS can change after submission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from videogen import contracts as c
+from videogen import webhooks
+
+log = structlog.get_logger(__name__)
+
+TIMEOUT_S = 10.0
+
+
+class WebhookActivities:
+    def __init__(self, secret_key: str, *,
+                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+        self._secret_key = secret_key
+        self._allowed_hosts = allowed_hosts
+
+    @activity.defn(name=c.ACTIVITY_WEBHOOK)
+    async def deliver_webhook(self, inp: c.WebhookInput) -> int:
+        try:
+            await asyncio.to_thread(webhooks.check_url, inp.url,
+                                    allowed_hosts=self._allowed_hosts)
+        except webhooks.UnsafeWebhookURL as err:
+            raise ApplicationError(f"webhook_url {err}", type="UnsafeWebhookURL",
+                                   non_retryable=True) from err
+        body = inp.body.encode()
+        ts = int(time.time())
+        secret = webhooks.user_secret(self._secret_key, inp.user)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "videogen-webhooks/1",
+            "webhook-id": inp.webhook_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": webhooks.sign(secret, inp.webhook_id, ts, body),
+        }
+        attempt = activity.info().attempt
+        async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False,
+                                     trust_env=False) as client:
+            try:
+                resp = await client.post(inp.url, content=body, headers=headers)
+            except httpx.HTTPError as err:
+                raise ApplicationError(f"webhook endpoint unreachable: {err}",
+                                       type="WebhookUnreachable") from err
+        log.info("webhook delivery", job_id=inp.job_id, event=inp.event, status=resp.status_code,
+                 attempt=attempt, webhook_id=inp.webhook_id)
+        if 200 <= resp.status_code < 300:
+            return resp.status_code
+        if 300 <= resp.status_code < 400:
+            raise ApplicationError(
+                f"webhook endpoint answered {resp.status_code} (redirects are not followed; "
+                "give the final URL)", type="WebhookRedirect", non_retryable=True)
+        if resp.status_code == 410:  # Gone: the receiver asks us to stop
+            raise ApplicationError("webhook endpoint answered 410 Gone", type="WebhookGone",
+                                   non_retryable=True)
+        raise ApplicationError(f"webhook endpoint answered {resp.status_code}",
+                               type="WebhookRejected")

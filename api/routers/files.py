@@ -1,0 +1,71 @@
+"""`GET /v1/files/{id}/{variant}`: content behind an expiring HMAC-signed URL (file:// storage).
+
+The signature is the authorisation: whoever holds the URL may fetch that one object until
+`expires`. A tampered or expired URL is a 403. On s3:// the API hands out S3 presigned URLs
+instead and this route is not involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import SettingsDep, StoreDep
+from api.errors import ApiError
+from videogen import contracts as c
+from videogen.storage import NotFound, ObjectStore
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+def _sig(secret: str, video_id: str, variant: str, expires: int) -> str:
+    msg = f"{video_id}/{variant}/{expires}".encode()
+    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def signed_path(secret: str, video_id: str, variant: str, expires: int) -> str:
+    return (f"/v1/files/{video_id}/{variant}?expires={expires}"
+            f"&sig={_sig(secret, video_id, variant, expires)}")
+
+
+async def stream(store: ObjectStore, video_id: str, variant: str,
+                 obj: str) -> StreamingResponse:
+    name, media_type = c.VARIANTS[variant]
+    try:
+        size = await asyncio.to_thread(store.size, obj)
+    except NotFound:
+        raise ApiError(404, f"the {variant} of video {video_id} is no longer stored (expired "
+                       "or deleted)", code="content_gone") from None
+    ext = name.rsplit(".", 1)[-1]
+    return StreamingResponse(
+        store.iter_chunks(obj), media_type=media_type,
+        headers={"Content-Length": str(size),
+                 "Content-Disposition": f'attachment; filename="{video_id}.{ext}"'})
+
+
+@router.get("/{video_id}/{variant}")
+async def signed_file(
+    video_id: str,
+    variant: str,
+    settings: SettingsDep,
+    store: StoreDep,
+    expires: Annotated[int, Query()],
+    sig: Annotated[str, Query()],
+) -> StreamingResponse:
+    expected = _sig(settings.url_signing_key, video_id, variant, expires)
+    if variant not in c.VARIANTS or not hmac.compare_digest(expected, sig):
+        raise ApiError(403, "invalid signature: this link was altered; ask for a new one with "
+                       "GET /v1/videos/{id}/content_url", code="invalid_signature")
+    if time.time() > expires:
+        raise ApiError(403, "this link has expired; ask for a new one with "
+                       "GET /v1/videos/{id}/content_url", code="url_expired")
+    if await asyncio.to_thread(store.exists, c.tombstone_key(video_id)):
+        raise ApiError(404, f"video {video_id} was deleted", code="content_gone")
+    return await stream(store, video_id, variant, c.outputs_prefix(video_id) +
+                        c.VARIANTS[variant][0])

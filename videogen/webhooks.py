@@ -1,0 +1,86 @@
+"""Webhooks: Standard Webhooks signing, per-user secrets, and the SSRF guard on target URLs.
+
+Signing follows https://www.standardwebhooks.com: headers `webhook-id`, `webhook-timestamp`
+and `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`, keyed with the
+bytes of the user's `whsec_<base64>` secret. Each user's secret is derived from the server's
+`VIDEOGEN_WEBHOOK_SECRET_KEY`, so API and workers agree without storing anything; a user reads
+theirs at `GET /v1/webhook_secret`.
+
+A webhook is a request the server makes on a user's behalf, so its target must not be the
+server's own network: URLs that resolve to loopback, private, link-local (cloud metadata at
+169.254.169.254), multicast or reserved addresses are refused unless explicitly allowed for
+development (`VIDEOGEN_WEBHOOK_ALLOWED_HOSTS`). The check runs at submission and again before
+every delivery (DNS can change).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+SECRET_PREFIX = "whsec_"
+MAX_URL = 2048
+EVENTS = ("video.completed", "video.failed", "video.cancelled")
+
+
+class UnsafeWebhookURL(ValueError):
+    """The URL is malformed or points somewhere a webhook must not go."""
+
+
+def user_secret(master: str, user: str) -> str:
+    """The user's signing secret, `whsec_<base64 of 24 bytes>`, derived from the master key."""
+    raw = hmac.new(master.encode(), f"webhook-secret:{user}".encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(raw[:24]).decode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header value for one delivery attempt."""
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return _blocked(ip.ipv4_mapped)
+    for what, flag in (("loopback", ip.is_loopback), ("link-local or metadata", ip.is_link_local),
+                       ("private", ip.is_private), ("multicast", ip.is_multicast),
+                       ("reserved", ip.is_reserved), ("unspecified", ip.is_unspecified)):
+        if flag:
+            return what
+    if not ip.is_global:
+        return "non-public"
+    return None
+
+
+def check_url(url: str, *, allowed_hosts: frozenset[str] = frozenset()) -> None:
+    """Raise UnsafeWebhookURL unless `url` is an http(s) URL whose host resolves only to public
+    addresses. Hosts in `allowed_hosts` (or any, with "*") may be private: for development,
+    never in production. Blocks on DNS."""
+    if len(url) > MAX_URL:
+        raise UnsafeWebhookURL(f"longer than {MAX_URL} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeWebhookURL("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise UnsafeWebhookURL("has no host")
+    if parts.username or parts.password:
+        raise UnsafeWebhookURL("must not carry credentials")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as err:
+        raise UnsafeWebhookURL(f"host {parts.hostname!r} does not resolve ({err})") from None
+    if parts.hostname in allowed_hosts or "*" in allowed_hosts:
+        return
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        why = _blocked(ip)
+        if why:
+            raise UnsafeWebhookURL(
+                f"host {parts.hostname!r} resolves to {ip}, a {why} address; webhooks only go "
+                "to public addresses")
