@@ -56,7 +56,8 @@ class WebhookActivities:
             except httpx.HTTPError as err:
                 raise ApplicationError(f"webhook endpoint unreachable: {err}",
                                        type="WebhookUnreachable") from err
-        log.info("webhook delivery", job_id=inp.job_id, event=inp.event, status=resp.status_code,
+        log.info("webhook delivery", job_id=inp.job_id, webhook_event=inp.event,
+                 status=resp.status_code,
                  attempt=attempt, webhook_id=inp.webhook_id)
         if 200 <= resp.status_code < 300:
             return resp.status_code

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from videogen.webhooks import EVENTS as WEBHOOK_EVENTS
+from videogen.webhooks import PROGRESS_EVENT as WEBHOOK_PROGRESS
+
 MAX_PROMPT = 4000
 MAX_METADATA_KEYS = 16
 
@@ -23,7 +26,19 @@ class CreateVideoBody(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1, le=500)
     webhook_url: str | None = None
+    webhook_events: list[str] | None = Field(
+        None, description="Which events go to webhook_url: video.completed, video.failed, "
+        "video.cancelled (the default: all three) and video.progress.")
     metadata: dict[str, str] | None = None
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, v: list[str] | None) -> list[str] | None:
+        allowed = (*WEBHOOK_EVENTS, WEBHOOK_PROGRESS)
+        for event in v or []:
+            if event not in allowed:
+                raise ValueError(f"{event!r} is not an event; allowed: {', '.join(allowed)}")
+        return v
 
     @field_validator("prompt")
     @classmethod

@@ -21,6 +21,10 @@ ACTIVITY_WEBHOOK = "deliver_webhook"
 WEBHOOK_WORKFLOW = "WebhookDelivery"
 RETENTION_WORKFLOW = "VideoRetention"
 SIGNAL_PROGRESS = "report_progress"
+# Webhook events: the final ones (sent by default) and progress (sent when asked for, at each
+# phase change and every quarter of the denoising).
+WEBHOOK_FINAL_EVENTS = ("video.completed", "video.failed", "video.cancelled")
+WEBHOOK_PROGRESS_EVENT = "video.progress"
 QUERY_STATUS = "status"
 
 # Search attributes registered on the embedded dev server (see videogen.devserver).
@@ -119,6 +123,8 @@ class VideoRequest:
     metadata: dict[str, str] = field(default_factory=dict)
     # Where `video.completed|failed|cancelled` go (empty: nowhere); checked at submission.
     webhook_url: str = ""
+    # Empty: the final events (video.completed|failed|cancelled); may add video.progress.
+    webhook_events: list[str] = field(default_factory=list)
     # Seconds the outputs are kept after completion (0: until deleted).
     retention_s: float = 0.0
 

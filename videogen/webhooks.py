@@ -22,9 +22,12 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from videogen.contracts import WEBHOOK_FINAL_EVENTS, WEBHOOK_PROGRESS_EVENT
+
 SECRET_PREFIX = "whsec_"
 MAX_URL = 2048
-EVENTS = ("video.completed", "video.failed", "video.cancelled")
+EVENTS = WEBHOOK_FINAL_EVENTS
+PROGRESS_EVENT = WEBHOOK_PROGRESS_EVENT
 
 
 class UnsafeWebhookURL(ValueError):

@@ -95,6 +95,9 @@ class VideoGeneration:
     @workflow.run
     async def run(self, req: c.VideoRequest) -> c.JobResult:
         self._state.total_steps = req.num_inference_steps
+        if req.webhook_url and c.WEBHOOK_PROGRESS_EVENT in req.webhook_events:
+            # A task of this workflow (deterministic: it runs on the workflow's event loop).
+            self._progress_task = asyncio.create_task(self._progress_webhooks(req))
         try:
             gen = await self._generate(req)
             if self._state.status == c.QUEUED:  # finished before its first signal arrived
@@ -172,26 +175,45 @@ class VideoGeneration:
 
     async def _notify(self, req: c.VideoRequest, status: str) -> None:
         """Hand the job's final event to a durable, abandoned delivery workflow (if asked)."""
-        if not req.webhook_url:
-            return
-        s = self._state
         event = f"video.{status}"
+        wanted = req.webhook_events or c.WEBHOOK_FINAL_EVENTS
+        if req.webhook_url and event in wanted:
+            await self._send(req, event, status)
+
+    async def _progress_webhooks(self, req: c.VideoRequest) -> None:
+        """`video.progress` at each phase change and each quarter of the denoising."""
+        sent = None
+        while True:
+            await workflow.wait_condition(lambda last=sent: self._milestone() != last)
+            if self._state.status not in (c.QUEUED, c.IN_PROGRESS):
+                return  # the final event is _notify's
+            sent = self._milestone()
+            await self._send(req, c.WEBHOOK_PROGRESS_EVENT, f"progress-{self._state.seq}")
+
+    def _milestone(self) -> tuple[str, str, int]:
+        s = self._state
+        return s.status, s.phase, s.progress // 25
+
+    async def _send(self, req: c.VideoRequest, event: str, tag: str) -> None:
+        s = self._state
         payload = {
             "type": event,
             "timestamp": workflow.now().isoformat(),
             "data": {
-                "id": req.job_id, "object": "video", "status": status, "model": req.model,
-                "progress": s.progress, "attempt": s.attempt,
+                "id": req.job_id, "object": "video", "status": s.status, "phase": s.phase,
+                "model": req.model, "progress": s.progress, "step": s.step,
+                "total_steps": s.total_steps, "attempt": s.attempt,
+                "resumed_from_step": s.resumed_from_step,
                 "error": {"code": s.error.code, "message": s.error.message} if s.error else None,
             },
         }
         await workflow.start_child_workflow(
             c.WEBHOOK_WORKFLOW,
             c.WebhookInput(job_id=req.job_id, user=req.user, url=req.webhook_url, event=event,
-                           webhook_id=f"msg_{req.job_id}_{status}",
+                           webhook_id=f"msg_{req.job_id}_{tag}",
                            body=json.dumps(payload, separators=(",", ":")),
                            cpu_task_queue=req.cpu_task_queue),
-            id=f"{req.job_id}-webhook-{status}",
+            id=f"{req.job_id}-webhook-{tag}",
             task_queue=req.cpu_task_queue,
             parent_close_policy=workflow.ParentClosePolicy.ABANDON,
         )

@@ -112,6 +112,7 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
         gpu_start_timeout_s=settings.gpu_start_timeout_s,
         metadata=body.metadata or {},
         webhook_url=body.webhook_url or "",
+        webhook_events=body.webhook_events or [],
         retention_s=settings.retention_s,
     )
 
@@ -126,6 +127,9 @@ async def create_video(request: Request, response: Response, key: KeyDep,
     except ValidationError as err:
         raise validation_error(err) from None
     req = _build_request(body, key, settings)
+    if req.webhook_events and not req.webhook_url:
+        raise ApiError(400, "webhook_events: needs a webhook_url to send them to",
+                       param="webhook_events", code="invalid_value")
     if req.webhook_url:
         try:  # resolves the host: off the event loop
             await asyncio.to_thread(webhooks.check_url, req.webhook_url,
