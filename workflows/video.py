@@ -2,7 +2,9 @@
 
 Deterministic by construction: no torch, boto3, clock or randomness here; the heavy work lives
 in activities on their own task queues (GPU: diffusion; CPU: encoding and cleanup). Progress
-arrives by signal from the GPU activity and is served by the `status` query.
+arrives by signal from the GPU activity and is served by the `status` query. As it ends, a job
+starts (and abandons) a `WebhookDelivery` child per webhook event and a `VideoRetention` child
+that deletes its files when they expire (workflows/notify.py).
 """
 
 from __future__ import annotations
