@@ -27,12 +27,15 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
 )
 from temporalio.client import (
     WorkflowExecution as Execution,
 )
 from temporalio.common import (
     Priority,
+    QueryRejectCondition,
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
@@ -245,11 +248,13 @@ async def _pollers(client: Client, queue: str) -> int:
 
 
 async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:
-    """The workflow's live state, or None if no worker answered in time."""
+    """The running workflow's live state; None if it is closed (no replay of a closed job) or
+    no worker answered in time."""
     try:
         return await handle.query(c.QUERY_STATUS, result_type=c.JobStatus,
+                                  reject_condition=QueryRejectCondition.NOT_OPEN,
                                   rpc_timeout=QUERY_TIMEOUT)
-    except RPCError:
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
         return None
 
 

@@ -165,6 +165,8 @@ def test_signed_urls_expire_and_resist_tampering(api: httpx.Client, stack: Stack
         assert longer.status_code == 403
         other = anonymous.get(link["url"].replace("/video?", "/thumbnail?"))
         assert other.status_code == 403
+        odd = anonymous.get(_with_query(link["url"], sig="é" * 64))
+        assert odd.status_code == 403
         # A correctly signed link whose time is up (signed here with the stack's default key).
         past = int(time.time()) - 1
         expired = anonymous.get(stack.api_url + signed_path("videogen-dev-url-key", v["id"],
@@ -193,3 +195,5 @@ async def test_assets_are_deleted_when_they_expire(api: httpx.Client, stack: Sta
     assert not objects.exists() or not any(objects.iterdir())
     gone = api.get(f"/v1/videos/{req.job_id}/content")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "content_gone"
+    link = api.get(f"/v1/videos/{req.job_id}/content_url")
+    assert link.status_code == 404 and link.json()["error"]["code"] == "content_gone"

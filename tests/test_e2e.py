@@ -197,6 +197,7 @@ def test_delete_removes_job_and_assets(api: httpx.Client, stack: Stack) -> None:
         ({"prompt": "x", "webhook_url": "http://169.254.169.254/latest"}, "webhook_url"),
         ({"prompt": "x", "webhook_url": "http://localhost:9/hook"}, "webhook_url"),
         ({"prompt": "x", "webhook_url": "ftp://files.example/hook"}, "webhook_url"),
+        ({"prompt": "x", "webhook_url": "http://[::1"}, "webhook_url"),
     ],
 )
 def test_invalid_input_is_a_400_naming_the_field(api: httpx.Client, body: dict,

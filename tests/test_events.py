@@ -55,7 +55,9 @@ def test_stream_shows_increasing_steps_then_completed(api: httpx.Client) -> None
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     # The stream of a finished job is just its final event; after "end" there is nothing.
     assert [e[:2] for e in read_events(api, v["id"])] == [("end", "completed")]
-    assert read_events(api, v["id"], last_event_id="end") == []
+    # A viewer that has the final event is told to stop reconnecting (EventSource obeys 204).
+    done = api.get(f"/v1/videos/{v['id']}/events", headers={"Last-Event-ID": "end"})
+    assert done.status_code == 204
 
 
 def test_last_event_id_resumes_after_what_was_seen(api: httpx.Client) -> None:
@@ -73,7 +75,7 @@ async def client(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Client:
     return await connect(wait_s=10)
 
 
-async def test_quiet_stream_keeps_alive_and_ends_with_the_job(
+async def test_quiet_stream_keeps_alive_and_ends_when_the_job_is_terminated(
         stack: Stack, api: httpx.Client, client: Client) -> None:
     req = direct_request(stack, gpu_task_queue="nobody-serves-this")  # stays queued
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
@@ -86,14 +88,15 @@ async def test_quiet_stream_keeps_alive_and_ends_with_the_job(
         for line in resp.iter_lines():
             if line.startswith(":"):
                 quiet.append(line)
-                if len(quiet) == 2:
-                    await client.get_workflow_handle(req.job_id).cancel()
+                if len(quiet) == 2:  # closed by an operator: no signal, no state change
+                    await client.get_workflow_handle(req.job_id).terminate("operator")
             if line.startswith("event: "):
                 final = line.removeprefix("event: ")
                 break
-    assert quiet and final == "cancelled"
+    assert quiet and final == "failed"
     assert time.monotonic() - started < 30
-    assert wait_for(api, req.job_id)["status"] == "cancelled"
+    v = wait_for(api, req.job_id)
+    assert v["status"] == "failed" and v["error"]["code"] == "terminated"
 
 
 def test_events_of_someone_elses_job_are_404(api: httpx.Client,

@@ -95,7 +95,9 @@ class Settings(BaseSettings):
     url_signing_key: str = Field(
         "videogen-dev-url-key", description="Key of the signed download URLs (file:// "
         "storage); set a long random value in production.")
-    signed_url_ttl_s: float = Field(3600.0, gt=0, description="Lifetime of a download URL.")
+    # At most 7 days: the longest an S3 (SigV4) presigned URL can live.
+    signed_url_ttl_s: float = Field(3600.0, gt=0, le=604800,
+                                    description="Lifetime of a download URL.")
     retention_s: float = Field(
         7 * 86400.0, ge=0, description="Seconds a finished video's files are kept (0: until "
         "DELETE).")

@@ -20,7 +20,8 @@ import hashlib
 import hmac
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from videogen.contracts import WEBHOOK_FINAL_EVENTS, WEBHOOK_PROGRESS_EVENT
 
@@ -60,30 +61,49 @@ def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     return None
 
 
-def check_url(url: str, *, allowed_hosts: frozenset[str] = frozenset()) -> None:
+@dataclass(frozen=True)
+class Target:
+    """Where a checked webhook URL may be delivered: the vetted address to connect to."""
+
+    url: str  # the URL with its host replaced by the vetted IP address
+    host: str  # the original host: Host header and TLS server name
+    ip: str
+
+
+def check_url(url: str, *, allowed_hosts: frozenset[str] = frozenset()) -> Target:
     """Raise UnsafeWebhookURL unless `url` is an http(s) URL whose host resolves only to public
     addresses. Hosts in `allowed_hosts` (or any, with "*") may be private: for development,
-    never in production. Blocks on DNS."""
+    never in production. Blocks on DNS.
+
+    Deliver to the returned `Target` (connect to its IP): resolving the name again at connect
+    time would let a DNS record that changes in between (rebinding) bypass the check.
+    """
     if len(url) > MAX_URL:
         raise UnsafeWebhookURL(f"longer than {MAX_URL} characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError as err:
+        raise UnsafeWebhookURL(f"is not a valid URL ({err})") from None
     if parts.scheme not in ("http", "https"):
         raise UnsafeWebhookURL("must be an http:// or https:// URL")
-    if not parts.hostname:
+    if not hostname:
         raise UnsafeWebhookURL("has no host")
     if parts.username or parts.password:
         raise UnsafeWebhookURL("must not carry credentials")
+    port = port or (443 if parts.scheme == "https" else 80)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as err:
-        raise UnsafeWebhookURL(f"host {parts.hostname!r} does not resolve ({err})") from None
-    if parts.hostname in allowed_hosts or "*" in allowed_hosts:
-        return
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
+        infos = socket.getaddrinfo(hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError, UnicodeError) as err:
+        raise UnsafeWebhookURL(f"host {hostname!r} does not resolve ({err})") from None
+    allowed = hostname in allowed_hosts or "*" in allowed_hosts
+    ips = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for ip in ips:
         why = _blocked(ip)
-        if why:
+        if why and not allowed:
             raise UnsafeWebhookURL(
-                f"host {parts.hostname!r} resolves to {ip}, a {why} address; webhooks only go "
+                f"host {hostname!r} resolves to {ip}, a {why} address; webhooks only go "
                 "to public addresses")
+    ip = ips[0]
+    netloc = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    return Target(url=urlunsplit(parts._replace(netloc=netloc)), host=hostname, ip=str(ip))

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from temporalio.client import WorkflowExecutionStatus
 
@@ -25,6 +25,8 @@ from videogen import contracts as c
 router = APIRouter(prefix="/v1/videos", tags=["events"])
 
 END_ID = "end"
+# Also look at the execution itself every this many polls, whatever the queries say.
+DESCRIBE_EVERY = 20
 
 
 def sse(event: str, event_id: str, video: Video) -> str:
@@ -52,17 +54,20 @@ async def video_events(
 ) -> StreamingResponse:
     # Ownership and existence are checked before the stream starts: a 404 is a 404.
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
+    if last_event_id == END_ID:
+        # The viewer has the final event: 204 tells a browser's EventSource to stop reconnecting.
+        return Response(status_code=204)  # type: ignore[return-value]
 
     async def stream() -> AsyncIterator[str]:
-        if last_event_id == END_ID:
-            return  # the viewer already has the final event
         seen = _last_seq(last_event_id)
         quiet_since = time.monotonic()
+        polls = 0
         while not await request.is_disconnected():
-            state = await jobs.query_state(handle) if ex.status == (
-                WorkflowExecutionStatus.RUNNING) else None
-            if state is None or state.status not in (c.QUEUED, c.IN_PROGRESS):
-                # Finished (or no worker to ask): the execution itself says whether it ended.
+            # The query refuses closed workflows (terminated, timed out: no signal tells them).
+            state = await jobs.query_state(handle)
+            polls += 1
+            if state is None or state.status not in (c.QUEUED, c.IN_PROGRESS) or (
+                    polls % DESCRIBE_EVERY == 0):
                 current = await handle.describe()
                 if current.status != WorkflowExecutionStatus.RUNNING:
                     video = await jobs.to_video(handle, current)

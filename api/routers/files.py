@@ -59,7 +59,8 @@ async def signed_file(
     sig: Annotated[str, Query()],
 ) -> StreamingResponse:
     expected = _sig(settings.url_signing_key, video_id, variant, expires)
-    if variant not in c.VARIANTS or not hmac.compare_digest(expected, sig):
+    if variant not in c.VARIANTS or not hmac.compare_digest(expected.encode(),
+                                                            sig.encode("utf-8", "replace")):
         raise ApiError(403, "invalid signature: this link was altered; ask for a new one with "
                        "GET /v1/videos/{id}/content_url", code="invalid_signature")
     if time.time() > expires:

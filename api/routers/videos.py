@@ -234,6 +234,9 @@ async def content_url(
     """An expiring URL that serves the content without an API key (to hand to a browser or a
     CDN): presigned by S3 on s3://, HMAC-signed by this API on file://."""
     obj = await _content_object(client, store, video_id, key, variant)
+    if not await asyncio.to_thread(store.exists, obj):
+        raise ApiError(404, f"the {variant} of video {video_id} is no longer stored (expired "
+                       "or deleted)", code="content_gone")
     expires = int(time.time() + settings.signed_url_ttl_s)
     presign = getattr(store, "presigned_get_url", None)
     if presign is not None:
