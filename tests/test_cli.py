@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from activities.media import probe_mp4
+from videogen import contracts as c
 from videogen.devserver import DevServer, free_port, temporal_binary
 from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack
@@ -78,3 +81,28 @@ def test_dev_server_keeps_workflows_across_a_restart(tmp_path: Path) -> None:
         server.stop()
     assert desc.returncode == 0, desc.stderr  # not found would be an error
     assert "survivor" in desc.stdout and "Anything" in desc.stdout
+
+
+def test_an_older_database_gets_the_new_search_attributes(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .data/temporal.db made by an older version lacks newer search attributes (the
+    server's --search-attribute flag only applies to a new database): start adds them."""
+    from videogen import devserver
+
+    db = tmp_path / "temporal.db"
+    server = DevServer(db_file=db, port=free_port(), ui_port=None, log_file=tmp_path / "log")
+    old = {c.SA_USER: "Keyword"}
+    monkeypatch.setattr(devserver, "SEARCH_ATTRIBUTES", old)
+    try:
+        server.start()
+    finally:
+        server.stop()
+    monkeypatch.setattr(devserver, "SEARCH_ATTRIBUTES", c.SEARCH_ATTRIBUTES)
+    try:
+        server.start()
+        listed = subprocess.run([temporal_binary(), "operator", "search-attribute", "list",
+                                 "--address", server.address, "-o", "json"],
+                                capture_output=True, text=True, timeout=30, check=True)
+    finally:
+        server.stop()
+    assert set(c.SEARCH_ATTRIBUTES) <= set(json.loads(listed.stdout)["customAttributes"])

@@ -8,6 +8,7 @@ priority and fairness strict (one partition per queue, fairness on), as measured
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -108,7 +109,33 @@ class DevServer:
             start_new_session=True,
         )
         self.wait_healthy(timeout_s)
+        self.ensure_search_attributes()
         return self
+
+    def ensure_search_attributes(self) -> None:
+        """Register the search attributes this version needs that the database lacks.
+
+        `--search-attribute` only takes effect on a new database: a `.data/temporal.db` from an
+        older videogen keeps its old set, and starting jobs would fail on the new ones.
+        """
+        temporal = temporal_binary()
+        listed = subprocess.run(
+            [temporal, "operator", "search-attribute", "list", "--address", self.address,
+             "--namespace", self.namespace, "-o", "json"],
+            capture_output=True, text=True, timeout=30)
+        if listed.returncode != 0:
+            raise RuntimeError(f"cannot list search attributes: {listed.stderr.strip()}")
+        have = json.loads(listed.stdout).get("customAttributes", {})
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            if name in have:
+                continue
+            made = subprocess.run(
+                [temporal, "operator", "search-attribute", "create", "--address", self.address,
+                 "--namespace", self.namespace, "--name", name, "--type", kind],
+                capture_output=True, text=True, timeout=30)
+            if made.returncode != 0:
+                raise RuntimeError(f"cannot register search attribute {name}: "
+                                   f"{made.stderr.strip()}")
 
     def wait_healthy(self, timeout_s: float) -> None:
         """Block until the frontend answers a health check (gRPC), or raise with the log tail."""
