@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import structlog
 import torch
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
 from activities import checkpoint, pipeline
@@ -124,16 +124,7 @@ class DiffusionActivities:
                 type=c.ERR_MODEL_MISMATCH,
                 non_retryable=True,
             )
-        params = pipeline.GenerationParams(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
-            seed=req.seed,
-            width=req.width,
-            height=req.height,
-            num_frames=req.num_frames,
-            num_inference_steps=req.num_inference_steps,
-            guidance_scale=req.guidance_scale,
-        )
+        params = pipeline.GenerationParams.from_request(req)
         try:
             pipeline.check_params(self._model.spec, params)
         except ValueError as err:
@@ -417,19 +408,28 @@ class _Run:
         return d
 
 
-async def _is_current_attempt() -> bool:
-    """Whether the server still runs this very attempt (not a retry of it, not a closed job)."""
+async def _own_workflow() -> WorkflowExecutionDescription | None:
+    """This activity's workflow as the server sees it; None if that cannot be told (no client
+    in unit tests, server busy)."""
     info = activity.info()
     try:
-        handle = activity.client().get_workflow_handle(info.workflow_id,
-                                                       run_id=info.workflow_run_id)
-        desc = await handle.describe()
+        return await activity.client().get_workflow_handle(
+            info.workflow_id, run_id=info.workflow_run_id).describe()
     except asyncio.CancelledError:
         raise
-    except Exception:  # cannot tell (no client in unit tests, server busy): let Temporal judge
+    except Exception:
+        return None
+
+
+async def _is_current_attempt() -> bool:
+    """Whether the server still runs this very attempt (not a retry of it, not a closed job);
+    if that cannot be told, Temporal judges the completion."""
+    desc = await _own_workflow()
+    if desc is None:
         return True
     if desc.status != WorkflowExecutionStatus.RUNNING:
         return False
+    info = activity.info()
     for pending in desc.raw_description.pending_activities:
         if pending.activity_id == info.activity_id:
             return pending.attempt == info.attempt
@@ -437,15 +437,8 @@ async def _is_current_attempt() -> bool:
 
 
 async def _workflow_closed() -> bool:
-    info = activity.info()
-    try:
-        desc = await activity.client().get_workflow_handle(
-            info.workflow_id, run_id=info.workflow_run_id).describe()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        return False
-    return desc.status != WorkflowExecutionStatus.RUNNING
+    desc = await _own_workflow()
+    return desc is not None and desc.status != WorkflowExecutionStatus.RUNNING
 
 
 class _ProgressSignaller:

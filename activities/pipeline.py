@@ -42,6 +42,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
 from videogen.catalog import ModelSpec
+from videogen.contracts import VideoRequest
 
 # WanPipeline.__call__'s default; encode_prompt's own default (226) differs, so pass it always.
 MAX_SEQUENCE_LENGTH = 512
@@ -95,6 +96,14 @@ class GenerationParams:
     num_frames: int
     num_inference_steps: int
     guidance_scale: float
+
+    @classmethod
+    def from_request(cls, req: VideoRequest) -> GenerationParams:
+        """The parameters of a job's request (the rest of it is scheduling, not generation)."""
+        return cls(prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
+                   width=req.width, height=req.height, num_frames=req.num_frames,
+                   num_inference_steps=req.num_inference_steps,
+                   guidance_scale=req.guidance_scale)
 
     @property
     def do_classifier_free_guidance(self) -> bool:

@@ -110,10 +110,7 @@ LONG = {"num_inference_steps": 40}
 
 
 def _reference(model: pipeline.LoadedModel, req: c.VideoRequest) -> np.ndarray:
-    return pipeline.generate(model, pipeline.GenerationParams(
-        prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
-        width=req.width, height=req.height, num_frames=req.num_frames,
-        num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale))
+    return pipeline.generate(model, pipeline.GenerationParams.from_request(req))
 
 
 async def _run_until(acts: DiffusionActivities, req: c.VideoRequest, env: ActivityEnvironment,
