@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from videogen.webhooks import EVENTS as WEBHOOK_EVENTS
-from videogen.webhooks import PROGRESS_EVENT as WEBHOOK_PROGRESS
+from videogen import contracts as c
 
 MAX_PROMPT = 4000
 MAX_METADATA_KEYS = 16
@@ -34,7 +33,7 @@ class CreateVideoBody(BaseModel):
     @field_validator("webhook_events")
     @classmethod
     def _webhook_events(cls, v: list[str] | None) -> list[str] | None:
-        allowed = (*WEBHOOK_EVENTS, WEBHOOK_PROGRESS)
+        allowed = (*c.WEBHOOK_FINAL_EVENTS, c.WEBHOOK_PROGRESS_EVENT)
         for event in v or []:
             if event not in allowed:
                 raise ValueError(f"{event!r} is not an event; allowed: {', '.join(allowed)}")

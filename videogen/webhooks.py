@@ -23,12 +23,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from videogen.contracts import WEBHOOK_FINAL_EVENTS, WEBHOOK_PROGRESS_EVENT
-
 SECRET_PREFIX = "whsec_"
 MAX_URL = 2048
-EVENTS = WEBHOOK_FINAL_EVENTS
-PROGRESS_EVENT = WEBHOOK_PROGRESS_EVENT
 
 
 class UnsafeWebhookURL(ValueError):
