@@ -223,6 +223,23 @@ async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
         f"({c.SA_PRIORITY} = {prio} AND StartTime < '{started}'))")).count
     running = (await client.count_workflows(
         f"{base} AND {c.SA_STATUS} = '{c.IN_PROGRESS}'")).count
+    avg = await _average_generation_seconds(client, str(model))
+    workers = await _pollers(client, gpu_queue) if gpu_queue else 1
+    wait = (ahead + running) / max(1, workers) * avg
+    return ahead, int(time.time() + wait)
+
+
+# model -> (monotonic time, average generation seconds): one list call per model and period,
+# not one per GET of every queued job.
+_AVG_CACHE: dict[str, tuple[float, float]] = {}
+AVG_CACHE_S = 30.0
+
+
+async def _average_generation_seconds(client: Client, model: str) -> float:
+    """Mean GPU time of the model's last 20 completed jobs (0 if none yet)."""
+    cached = _AVG_CACHE.get(model)
+    if cached is not None and time.monotonic() - cached[0] < AVG_CACHE_S:
+        return cached[1]
     seconds: list[float] = []
     async for done in client.list_workflows(
             f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Completed' AND "
@@ -231,9 +248,8 @@ async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
         if value:
             seconds.append(value)
     avg = sum(seconds) / len(seconds) if seconds else 0.0
-    workers = await _pollers(client, gpu_queue) if gpu_queue else 1
-    wait = (ahead + running) / max(1, workers) * avg
-    return ahead, int(time.time() + wait)
+    _AVG_CACHE[model] = (time.monotonic(), avg)
+    return avg
 
 
 async def _pollers(client: Client, queue: str) -> int:
