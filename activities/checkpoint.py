@@ -609,26 +609,6 @@ class ResumePoint:
     skipped: list[str]  # why newer candidates were not used
 
 
-def step_of_key(key: str) -> int | None:
-    name = key.rsplit("/", 1)[-1]
-    if not (name.startswith("step-") and name.endswith(".safetensors")):
-        return None
-    try:
-        return int(name[len("step-"):-len(".safetensors")])
-    except ValueError:
-        return None
-
-
-def attempt_of_key(key: str) -> int:
-    for part in key.split("/"):
-        if part.startswith("attempt-"):
-            try:
-                return int(part[len("attempt-"):])
-            except ValueError:
-                return 0
-    return 0
-
-
 def find_resume_point(store: ObjectStore, model: LoadedModel, params: GenerationParams, *,
                       job_id: str, num_threads: int, newest: CheckpointRef | None,
                       previous: CheckpointRef | None) -> tuple[ResumePoint | None, list[str]]:
@@ -652,10 +632,11 @@ def find_resume_point(store: ObjectStore, model: LoadedModel, params: Generation
     known = {ref.key for _, ref in candidates}
     extra = []
     for key in listed:
-        step = step_of_key(key)
-        if step is not None and key not in known:
+        parsed = c.parse_checkpoint_key(key)
+        if parsed is not None and key not in known:
+            attempt, step = parsed
             extra.append(CheckpointRef(step=step, key=key, uri=f"{store.describe()}/{key}",
-                                       sha256="", attempt=attempt_of_key(key)))
+                                       sha256="", attempt=attempt))
     # Newest first: a listed checkpoint newer than the heartbeat's was written after the last
     # heartbeat that reached the server, and is as good (same checks) and loses less work.
     order = {"heartbeat": 0, "previous": 1, "listing": 2}

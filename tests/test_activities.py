@@ -14,7 +14,7 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import checkpoint, media, pipeline
+from activities import media, pipeline
 from activities.checkpoint import CheckpointPolicy
 from activities.diffusion import DiffusionActivities
 from activities.postprocess import PostprocessActivities
@@ -181,7 +181,7 @@ async def test_a_crash_resumes_from_the_last_heartbeated_checkpoint(
     # confirmed after it would be found by listing (and used); drop them to see the heartbeat's.
     held = next(b for b in reversed(beats) if b.get("step"))
     for key in store.list("checkpoints/"):
-        if (checkpoint.step_of_key(key) or 0) > held["step"]:
+        if c.parse_checkpoint_key(key)[1] > held["step"]:
             store.delete(key)
     out = await _attempt(2, held).run(acts.generate_video, c.GenerateInput(req))
     assert out.resumed_from_step == held["step"]
@@ -195,7 +195,7 @@ async def test_a_checkpoint_newer_than_the_last_heartbeat_is_used(
     store = FileStore(tmp_path)
     acts, req, beats = await _crashed(model, store)
     stale = next(b for b in beats if b.get("step"))  # an early heartbeat: older checkpoint
-    newest = max(checkpoint.step_of_key(k) or 0 for k in store.list("checkpoints/"))
+    newest = max(c.parse_checkpoint_key(k)[1] for k in store.list("checkpoints/"))
     assert newest > stale["step"]
     out = await _attempt(2, stale).run(acts.generate_video, c.GenerateInput(req))
     assert out.resumed_from_step == newest
@@ -239,7 +239,7 @@ async def test_poisoned_state_is_never_checkpointed_and_restarts_the_worker(
         await env.run(acts.generate_video, c.GenerateInput(req))
     assert info.value.type == c.ERR_POISONED and not info.value.non_retryable
     assert restarts == [True] and beats[-1]["poisoned"] == 1
-    steps = sorted(checkpoint.step_of_key(k) or 0 for k in store.list("checkpoints/"))
+    steps = sorted(c.parse_checkpoint_key(k)[1] for k in store.list("checkpoints/"))
     assert steps and max(steps) == 5, steps  # nothing past the last good step
 
     # The model is fine again (a fresh worker): the retry resumes from the last good step.

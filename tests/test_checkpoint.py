@@ -148,7 +148,8 @@ def test_keys_are_per_attempt_and_step_under_a_hashed_prefix() -> None:
     shard = hashlib.sha256(b"video_abc").hexdigest()[:2]
     assert key == f"checkpoints/{shard}/video_abc/attempt-3/step-000045.safetensors"
     assert key.startswith(c.checkpoints_prefix("video_abc"))
-    assert checkpoint.step_of_key(key) == 45 and checkpoint.attempt_of_key(key) == 3
+    assert c.parse_checkpoint_key(key) == (3, 45)
+    assert c.parse_checkpoint_key(c.frames_key("video_abc", 3)) is None
     # Ids spread over many shards.
     shards = {c.checkpoints_prefix(f"video_{i}").split("/")[1] for i in range(200)}
     assert len(shards) > 100

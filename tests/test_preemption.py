@@ -141,7 +141,7 @@ async def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     store = store_of(pstack)
     keys = store.list(c.checkpoints_prefix(job))
     assert len(keys) == 2, keys  # the newest and the previous, nothing older
-    newest, previous = sorted(keys, key=lambda k: int(k.rsplit("step-", 1)[1].split(".")[0]))[::-1]
+    newest, previous = sorted(keys, key=lambda k: c.parse_checkpoint_key(k)[1])[::-1]
     data = bytearray(store.get(newest))
     data[len(data) // 2] ^= 0xFF
     store.put(newest, bytes(data))

@@ -79,6 +79,19 @@ def checkpoint_key(job_id: str, attempt: int, step: int) -> str:
     return f"{checkpoints_prefix(job_id)}attempt-{attempt}/step-{step:06d}.safetensors"
 
 
+def parse_checkpoint_key(key: str) -> tuple[int, int] | None:
+    """(attempt, step) of a key made by `checkpoint_key`; None for anything else."""
+    parts = key.split("/")
+    try:
+        attempt_dir, name = parts[-2], parts[-1]
+        if (attempt_dir.startswith("attempt-") and name.startswith("step-")
+                and name.endswith(".safetensors")):
+            return int(attempt_dir[len("attempt-"):]), int(name[len("step-"):-len(".safetensors")])
+    except (IndexError, ValueError):
+        pass
+    return None
+
+
 def outputs_prefix(job_id: str) -> str:
     return f"videos/{job_id}/"
 
