@@ -19,12 +19,12 @@ The activity takes a `snapshot()` on the denoising thread (a copy of the state, 
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import functools
 import hashlib
 import json
-import math
 import struct
 import threading
 import time
@@ -43,13 +43,13 @@ import torch
 from activities.pipeline import DenoiseState, GenerationParams, LoadedModel
 from videogen import contracts as c
 from videogen import metrics
+from videogen.checkpoint_policy import POLICIES, CheckpointPolicy  # noqa: F401
 from videogen.storage import NotFound, ObjectStore
 
 log = structlog.get_logger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "videogen.manifest"
-POLICIES = ("adaptive", "steps", "seconds", "off")
 
 
 class CheckpointError(Exception):
@@ -412,54 +412,8 @@ def restore(model: LoadedModel, ckpt: Checkpoint, params: GenerationParams) -> D
 
 
 # --------------------------------------------------------------------------------------------
-# Policy
-
-
-@dataclass(frozen=True)
-class CheckpointPolicy:
-    """When to checkpoint: every N steps, every T seconds, adaptively, or never.
-
-    `adaptive` uses the Young–Daly interval sqrt(2 · C · MTBF): C is the measured cost of one
-    checkpoint (snapshot, serialisation and upload) and MTBF the mean time between preemptions
-    of a worker. Until C is measured the first checkpoint is taken after the first step.
-    """
-
-    mode: str = "adaptive"
-    every_steps: int = 10
-    every_s: float = 30.0
-    mtbf_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.mode not in POLICIES:
-            raise ValueError(f"checkpoint policy {self.mode!r}: must be one of "
-                             f"{', '.join(POLICIES)}")
-
-    def interval_s(self, cost_s: float | None) -> float | None:
-        """The adaptive interval for a measured cost, or None before the first measurement."""
-        if cost_s is None:
-            return None
-        return math.sqrt(2.0 * max(cost_s, 1e-3) * self.mtbf_s)
-
-    def due(self, *, steps_since: int, seconds_since: float, cost_s: float | None) -> bool:
-        if steps_since <= 0:
-            return False
-        if self.mode == "steps":
-            return steps_since >= self.every_steps
-        if self.mode == "seconds":
-            return seconds_since >= self.every_s
-        if self.mode == "adaptive":
-            interval = self.interval_s(cost_s)
-            return interval is None or seconds_since >= interval
-        return False
-
-    def describe(self) -> str:
-        if self.mode == "steps":
-            return f"every {self.every_steps} steps"
-        if self.mode == "seconds":
-            return f"every {self.every_s:g} s"
-        if self.mode == "adaptive":
-            return f"adaptive (Young-Daly, MTBF {self.mtbf_s:g} s)"
-        return "off"
+# Policy: `CheckpointPolicy` lives in videogen.checkpoint_policy (no torch; the fleet simulator
+# uses it too) and is re-exported here.
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,7 +483,8 @@ class CheckpointWriter:
         """Start uploading `snap` in the background; False (nothing done) if one is running."""
         if self.busy:
             return False
-        self._inflight = self._pool.submit(self.write, snap)
+        # In the caller's context, so log lines of the upload carry the job's workflow id.
+        self._inflight = self._pool.submit(contextvars.copy_context().run, self.write, snap)
         return True
 
     def drain(self) -> None:
