@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a red fox running through fresh snow
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test up lint clean
+.PHONY: venv demo test up lint clean bench sim tools
 
 venv: $(VENV)/.installed
 
@@ -28,8 +28,30 @@ up: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv lint
+# promtool checks the alert rules (tests/test_ops.py). It comes from Debian's prometheus
+# package, unpacked into .venv: no root, no system install. A promtool on PATH is used as is.
+tools: $(BIN)/promtool
+
+$(BIN)/promtool: | $(VENV)/.installed
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; \
+	else tmp=$$(mktemp -d) && (cd $$tmp && apt-get download prometheus >/dev/null) \
+	  && dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/x && cp $$tmp/x/usr/bin/promtool $@ \
+	  && rm -rf $$tmp; fi
+	$@ --version | head -1
+
+test: venv lint tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks of the service on the embedded stack: figures printed and written to
+# benchmarks/results/ (never part of `make test`'s pass/fail).
+bench: venv
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Fleet simulator: the design document's cost table and the checkpoint-policy comparison.
+sim: venv
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m sim $(SIM_ARGS)
 
 clean:
 	rm -rf $(VENV) .data out .pytest_cache

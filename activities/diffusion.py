@@ -25,12 +25,13 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
 import torch
 from temporalio import activity
+from temporalio.api.enums.v1 import TimeoutType
 from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
@@ -144,6 +145,11 @@ class DiffusionActivities:
 
         warm = self.ready_at is None or self.ready_at <= info.current_attempt_scheduled_time
         metrics.JOBS_STARTED.labels(warm=str(warm).lower()).inc()
+        if attempt == 1 and inp.submitted_at:
+            metrics.QUEUE_WAIT_SECONDS.labels(req.tier).observe(
+                max(0.0, info.started_time.timestamp() - inp.submitted_at))
+        elif attempt > 1:
+            run.interrupted_at = await _last_interruption(logger)
         logger.info("generation started", steps=req.num_inference_steps, warm=warm,
                     checkpoint_policy=self._policy.describe(),
                     resume_candidate=prior.newest.step if prior.newest else None)
@@ -199,6 +205,7 @@ class DiffusionActivities:
             await _uninterruptible(asyncio.to_thread(run.writer.drain))
             run.writer.close()
         elapsed = time.monotonic() - started
+        metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
         logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
                     resumed_from_step=run.progress.resumed_from,
                     wasted_steps=run.progress.wasted,
@@ -226,6 +233,7 @@ class DiffusionActivities:
         """Resume or start, denoise with checkpoints, decode. None: stopped for preemption."""
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("a generation is already running on this GPU")
+        metrics.BUSY.begin()
         try:
             state = self._start(run, params, logger)
             model, policy, writer, p = self._model, self._policy, run.writer, run.progress
@@ -237,8 +245,12 @@ class DiffusionActivities:
                     run.state = state
                     return None
                 # 1. One denoising step (raises PoisonedStateError on NaN/Inf, state intact).
+                step_started = time.monotonic()
                 pipeline.denoise_step(model, state)
                 p.phase, p.step = c.PHASE_DENOISING, state.next_step
+                if run.first_step_s is None:
+                    run.first_step_s = time.monotonic() - step_started
+                    self._recovered(run, logger)
                 # 2. Checkpoint when due and no upload is in flight: a snapshot here (a copy),
                 #    serialisation and upload on the writer's thread.
                 now = time.monotonic()
@@ -253,7 +265,18 @@ class DiffusionActivities:
             p.phase = c.PHASE_DECODING
             return frames_to_bytes(pipeline.decode(model, state))
         finally:
+            metrics.BUSY.end()
             self._busy.release()
+
+    def _recovered(self, run: _Run, logger: structlog.typing.FilteringBoundLogger) -> None:
+        """After the first step of a retried attempt: what the interruption cost."""
+        if run.first_step_s is not None and run.wasted_now:
+            metrics.WASTED_GPU_SECONDS.inc(run.wasted_now * run.first_step_s)
+        if run.interrupted_at is not None:
+            recovery = max(0.0, time.time() - run.interrupted_at)
+            metrics.PREEMPTION_RECOVERY_SECONDS.observe(recovery)
+            logger.info("recovered: first step after the interruption",
+                        recovery_seconds=round(recovery, 3), wasted_steps=run.wasted_now)
 
     def _start(self, run: _Run, params: pipeline.GenerationParams,
                logger: structlog.typing.FilteringBoundLogger) -> pipeline.DenoiseState:
@@ -292,6 +315,7 @@ class DiffusionActivities:
             wasted = prior.reached_step
             run.writer.reset([])
         metrics.WASTED_STEPS.inc(wasted)
+        run.wasted_now = wasted
         p.wasted = prior.wasted_steps + wasted
         p.resumed_from = state.next_step if (found or run.attempt > 1) else None
         p.step = state.next_step
@@ -327,7 +351,7 @@ class DiffusionActivities:
         newest = run.writer.newest
         # The failure below flushes these details to the server before it is reported.
         activity.heartbeat(run.details())
-        metrics.PREEMPTIONS.labels("graceful").inc()
+        metrics.preempted("graceful")
         at = newest.step if newest else 0
         lost = state.next_step - at
         logger.info("preempted: attempt handed over", step=state.next_step,
@@ -344,7 +368,7 @@ class DiffusionActivities:
         await _uninterruptible(asyncio.to_thread(run.writer.drain))
         run.poisoned = run.prior.poisoned + 1
         activity.heartbeat(run.details())
-        metrics.PREEMPTIONS.labels("poisoned").inc()
+        metrics.preempted("poisoned")
         final = run.poisoned >= MAX_POISONED_ATTEMPTS
         logger.error("poisoned state: worker will restart", error=str(err),
                      poisoned_attempts=run.poisoned, giving_up=final)
@@ -382,6 +406,11 @@ class _Run:
     state: pipeline.DenoiseState | None = None
     started: bool = False
     poisoned: int = 0
+    # A retry: when the interrupted attempt last heartbeated (Unix time), the steps it lost,
+    # and this attempt's first step time (to price them in GPU seconds).
+    interrupted_at: float | None = None
+    wasted_now: int = 0
+    first_step_s: float | None = None
 
     def __post_init__(self) -> None:
         self.cancel = threading.Event()
@@ -419,6 +448,27 @@ async def _own_workflow() -> WorkflowExecutionDescription | None:
         raise
     except Exception:
         return None
+
+
+async def _last_interruption(logger: structlog.typing.FilteringBoundLogger) -> float | None:
+    """For a retried attempt: when the previous one last heartbeated (Unix time), counting a
+    lease expiration if it ended by heartbeat timeout. None if the server cannot tell."""
+    desc = await _own_workflow()
+    if desc is None:
+        return None
+    info = activity.info()
+    for pending in desc.raw_description.pending_activities:
+        if pending.activity_id != info.activity_id:
+            continue
+        failure = pending.last_failure
+        if failure.HasField("timeout_failure_info") and failure.timeout_failure_info \
+                .timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT:
+            metrics.LEASE_EXPIRATIONS.inc()
+            logger.warning("previous attempt's lease expired (heartbeat timeout): resuming")
+        if pending.HasField("last_heartbeat_time"):
+            return pending.last_heartbeat_time.ToDatetime(UTC).timestamp()
+        return None
+    return None
 
 
 async def _is_current_attempt() -> bool:

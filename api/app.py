@@ -14,7 +14,9 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
 from api import errors
-from api.routers import events, files, health, videos, webhooks
+from api.fleet import FleetCache
+from api.routers import admin, events, files, health, videos, webhooks
+from videogen import tracing
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect
@@ -32,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = open_store(settings.resolved_storage_url)
         app.state.client = await connect(wait_s=30)
+        app.state.fleet = FleetCache(settings.fleet_cache_s)
         yield
 
     app = FastAPI(
@@ -46,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    tracing.instrument_app(app)
 
     @app.middleware("http")
     async def _metrics(request: Request,

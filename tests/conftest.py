@@ -18,6 +18,10 @@ from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack
 
 OTHER_KEY = "other-key"
+# An internal-tier user only tests/test_observability.py submits as, so its metric deltas are
+# its own; and the admin key of the session stack's /v1/admin endpoints.
+OBS_KEY = "obs-key"
+ADMIN_KEY = "admin-key"
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +43,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
         ui_port=None,
         gpu_workers=1,
         log_dir=data / "logs",
+        worker_metrics=True,
         env={
-            "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{OTHER_KEY}:other:free",
+            "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{OTHER_KEY}:other:free,"
+                                 f"{OBS_KEY}:obs:internal",
+            "VIDEOGEN_ADMIN_KEY": ADMIN_KEY,
+            "VIDEOGEN_LOG_FORMAT": "json",
+            # Tracing on, spans printed into each process's log (test_observability.py reads
+            # them): the whole suite runs with the tracing interceptors in place.
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
             "VIDEOGEN_PROGRESS_INTERVAL_S": "0.1",
             "VIDEOGEN_EVENTS_POLL_S": "0.1",
             "VIDEOGEN_EVENTS_KEEPALIVE_S": "0.5",
@@ -69,7 +81,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
 
 def _dump_logs(log_dir: Path) -> None:
     for f in sorted(log_dir.glob("*.log")):
-        print(f"----- {f.name} -----\n{f.read_text(errors='replace')[-4000:]}")
+        # Without the trace spans (one JSON object per line, starting with their name).
+        lines = [ln for ln in f.read_text(errors="replace").splitlines()
+                 if not ln.startswith('{"name": ')]
+        print(f"----- {f.name} -----\n" + "\n".join(lines)[-4000:])
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
@@ -139,3 +140,44 @@ def gpu_worker_settings(stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str
         checkpoint_every_steps=1, heartbeat_timeout_s=10)
     fields.update(overrides)
     return Settings(**fields)  # type: ignore[arg-type]
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    """A Prometheus endpoint's samples by (name, labels)."""
+    return parse_metrics(httpx.get(url, timeout=10).raise_for_status().text)
+
+
+def parse_metrics(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 if none)."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
+
+
+def names(samples: Samples) -> set[str]:
+    return {n for n, _ in samples}
+
+
+def gpu_metrics(stack: Stack) -> Samples:
+    """The metrics of every live GPU worker of `stack` that serves them yet, summed."""
+    out: Samples = {}
+    for child in stack.children:
+        if child.name.startswith("gpu-worker") and child.metrics_port and \
+                child.process is not None and child.process.poll() is None:
+            try:
+                samples = scrape(f"http://127.0.0.1:{child.metrics_port}/metrics")
+            except httpx.ConnectError:
+                continue  # restarted and still loading its model (it has counted nothing)
+            for k, v in samples.items():
+                out[k] = out.get(k, 0.0) + v
+    return out

@@ -21,9 +21,11 @@ from helpers import (
     HEARTBEAT_TIMEOUT_S,
     JOB,
     api_client,
+    gpu_metrics,
     preemption_env,
     reference_mp4,
     running_on,
+    value,
     wait_for,
     wait_step,
     worker_child,
@@ -40,7 +42,8 @@ from videogen.storage import FileStore
 def pstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("preempt")
     s = Stack(data_dir=data, api_port=free_port(), temporal_port=free_port(), ui_port=None,
-              gpu_workers=2, log_dir=data / "logs", env=preemption_env("pre"))
+              gpu_workers=2, log_dir=data / "logs", env=preemption_env("pre"),
+              worker_metrics=True)
     s.start(timeout_s=180)
     yield s
     s.stop()
@@ -112,6 +115,11 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
     v = wait_for(papi, job)
     assert v["status"] == "completed" and v["attempt"] == 2
     assert v["wasted_steps"] == 0 and v["resumed_from_step"] >= 12
+    # The standby worker measured the recovery: from the hand-over heartbeat to its first step.
+    m = gpu_metrics(pstack)
+    assert value(m, "videogen_preemption_recovery_seconds_count") >= 1
+    assert 0 < value(m, "videogen_preemption_recovery_seconds_sum") < 3.0 * value(
+        m, "videogen_preemption_recovery_seconds_count")
     assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4({**JOB, "seed": 101})
     assert_nothing_left(pstack, job)
     pstack.check()  # the supervisor brings the stopped worker back
@@ -120,6 +128,7 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
 async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_timeout(
         pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
     job, pid, reached = await running_at(papi, tclient, 102, 20)
+    expired = value(gpu_metrics(pstack), "videogen_lease_expirations_total")
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     v = wait_for(papi, job)
@@ -128,6 +137,12 @@ async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_time
     assert took >= HEARTBEAT_TIMEOUT_S - 0.5, "the retry can only come after the timeout"
     assert v["resumed_from_step"] >= reached - EVERY_STEPS - 1
     assert v["wasted_steps"] <= EVERY_STEPS + 1
+    # Counted by the worker that resumed it: a lease expiration, and a recovery that took at
+    # least the heartbeat timeout.
+    m = gpu_metrics(pstack)
+    assert value(m, "videogen_lease_expirations_total") == expired + 1
+    assert value(m, "videogen_preemption_recovery_seconds_bucket", le="2.5") < value(
+        m, "videogen_preemption_recovery_seconds_bucket", le="+Inf")
     assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4({**JOB, "seed": 102})
     assert_nothing_left(pstack, job)
     pstack.check()

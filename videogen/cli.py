@@ -225,28 +225,38 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from videogen import logs
+    from videogen import logs, tracing
 
-    logs.configure()
+    logs.configure(service="api", worker_id=logs.worker_id())
+    tracing.setup("videogen-api")
     settings = _settings()
+    # log_config=None: uvicorn's loggers go through videogen's structured logging.
     uvicorn.run(create_app(settings), host=args.host or settings.api_host,
-                port=args.port or settings.api_port, log_level="warning")
+                port=args.port or settings.api_port, log_level="warning", log_config=None)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from videogen import logs
+    from videogen import logs, tracing
 
-    logs.configure()
+    settings = _settings()
+    static = {"service": f"worker-{args.kind}", "worker_id": logs.worker_id()}
     if args.kind == "gpu":
-        from worker_gpu.main import run as run_gpu
+        static["model"] = settings.model_spec.name
+    logs.configure(**static)
+    tracing.setup(f"videogen-worker-{args.kind}")
+    try:
+        if args.kind == "gpu":
+            from worker_gpu.main import run as run_gpu
 
-        # Non-zero (EXIT_POISONED) asks the supervisor for a restart with a fresh model.
-        return asyncio.run(run_gpu(_settings()))
-    from worker_cpu.main import run as run_cpu
+            # Non-zero (EXIT_POISONED) asks the supervisor for a restart with a fresh model.
+            return asyncio.run(run_gpu(settings))
+        from worker_cpu.main import run as run_cpu
 
-    asyncio.run(run_cpu(_settings()))
-    return 0
+        asyncio.run(run_cpu(settings))
+        return 0
+    finally:
+        tracing.shutdown()
 
 
 def cmd_temporal(args: argparse.Namespace) -> int:

@@ -145,6 +145,9 @@ class VideoRequest:
 @dataclass
 class GenerateInput:
     request: VideoRequest
+    # When the job was submitted (the workflow's start, Unix time): the GPU worker's
+    # `videogen_queue_wait_seconds` runs from here to its first attempt's start.
+    submitted_at: float = 0.0
 
 
 @dataclass

@@ -1,12 +1,22 @@
-"""Prometheus metrics of the GPU worker: checkpoints, resumes, preemptions and their cost.
+"""Prometheus metrics of the workers: jobs, checkpoints, resumes, preemptions, their cost.
 
-The GPU worker serves them on `VIDEOGEN_WORKER_METRICS_PORT` when it is set. Names follow the
-design document's monitoring section (`videogen_checkpoint_duration_seconds`, wasted work).
+Each worker serves them, with the Temporal SDK's own metrics (videogen.sdk_metrics), on
+`VIDEOGEN_WORKER_METRICS_PORT` when it is set. Names and labels follow the design document's
+monitoring section; README "Operations" lists them all. The API's own (queue depth, drain
+time, requests) are in api/fleet.py and api/app.py.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# Seconds-scale buckets for job-length things (queue waits, generation, recovery).
+JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 
 CHECKPOINT_SECONDS = Histogram(
     "videogen_checkpoint_duration_seconds",
@@ -29,7 +39,38 @@ RESUMES = Counter(
 PREEMPTIONS = Counter(
     "videogen_preemptions_total",
     "GPU attempts this worker ended early: graceful (SIGTERM/spot notice) or poisoned (NaN).",
-    ["kind"],
+    ["kind", "region"],
+)
+PREEMPTION_RECOVERY_SECONDS = Histogram(
+    "videogen_preemption_recovery_seconds",
+    "From an interrupted attempt's last heartbeat to the first step of the attempt that "
+    "resumed it (SLO: < 60 s). Includes the heartbeat timeout after an ungraceful death.",
+    buckets=JOB_BUCKETS,
+)
+LEASE_EXPIRATIONS = Counter(
+    "videogen_lease_expirations_total",
+    "GPU attempts that ended by heartbeat timeout (an ungraceful death: OOM kill, crash, "
+    "partition), counted by the worker that picks the job up again.",
+)
+WASTED_GPU_SECONDS = Counter(
+    "videogen_wasted_gpu_seconds_total",
+    "GPU time lost to interruptions: steps computed but not in the checkpoint a retry resumed "
+    "from, times this worker's step time.",
+)
+GPU_UTILIZATION = Gauge(
+    "videogen_gpu_utilization",
+    "Share of the last minute this worker's GPU spent computing a job (0-1).",
+    ["worker", "gpu_id"],
+)
+GENERATION_SECONDS = Histogram(
+    "videogen_generation_seconds",
+    "GPU time of a finished generation attempt (model, resolution).",
+    ["model", "resolution"], buckets=JOB_BUCKETS,
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "videogen_queue_wait_seconds",
+    "From submission to the first GPU attempt's start, by tier: the wait users feel most.",
+    ["tier"], buckets=JOB_BUCKETS,
 )
 WASTED_STEPS = Counter(
     "videogen_wasted_steps_total",
@@ -45,3 +86,61 @@ MODEL_LOAD_SECONDS = Histogram(
     "videogen_model_load_seconds", "Time a GPU worker took to load its model.",
     buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
 )
+
+
+class BusyTracker:
+    """How much of the last `window_s` seconds a worker spent computing (its GPU utilization
+    as far as this process can tell: one job at a time, so busy = the GPU in use)."""
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._spans: deque[tuple[float, float]] = deque()
+        self._since: float | None = None
+
+    def begin(self) -> None:
+        with self._lock:
+            self._since = self._clock()
+
+    def end(self) -> None:
+        with self._lock:
+            if self._since is not None:
+                self._spans.append((self._since, self._clock()))
+                self._since = None
+
+    def fraction(self) -> float:
+        with self._lock:
+            now = self._clock()
+            start = now - self.window_s
+            while self._spans and self._spans[0][1] <= start:
+                self._spans.popleft()
+            busy = sum(min(b, now) - max(a, start) for a, b in self._spans if b > start)
+            if self._since is not None:
+                busy += now - max(self._since, start)
+            return max(0.0, min(1.0, busy / self.window_s))
+
+
+BUSY = BusyTracker()
+REGION = {"name": ""}
+
+
+def configure_gpu(*, worker: str, gpu_id: str, region: str,
+                  utilization: Callable[[], float] | None = None) -> None:
+    """Label this process's GPU series (one GPU worker process per GPU). `utilization`: the
+    device's own reading (NVML) where there is one, else the share of time busy with a job."""
+    REGION["name"] = region
+    # Series exist from the start at 0, so rate() and increase() see the first preemption.
+    for kind in ("graceful", "poisoned"):
+        PREEMPTIONS.labels(kind, region)
+    GPU_UTILIZATION.labels(worker, gpu_id).set_function(utilization or BUSY.fraction)
+
+
+def preempted(kind: str) -> None:
+    PREEMPTIONS.labels(kind, REGION["name"]).inc()
+
+
+def serve(port: int, host: str) -> None:
+    """Serve this process's registry (videogen's metrics and the SDK's) on host:port."""
+    start_http_server(port, addr=host)

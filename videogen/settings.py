@@ -131,7 +131,20 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="Torch CPU threads of the GPU worker (0 = torch's default). "
         "Checkpoints resume bit for bit only with the same count on the CPU.")
-    worker_metrics_port: int = Field(0, ge=0, description="GPU worker /metrics port (0 = off).")
+    worker_metrics_port: int = Field(
+        0, ge=0, description="Worker /metrics port, GPU and CPU workers alike (0 = off).")
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker's metrics server binds (0.0.0.0 in a pod).")
+    region: str = Field("", description="Label of this worker's region on its preemption "
+                        "metrics (e.g. us-east-1).")
+
+    # Operations (README "Operations").
+    admin_key: str = Field(
+        "", description="Bearer key of the admin endpoints (/v1/admin/...); empty: they are "
+        "off (404).")
+    fleet_cache_s: float = Field(
+        5.0, ge=0, description="How long the API reuses its fleet snapshot (Temporal's task "
+        "queue stats are themselves cached about 5 s).")
 
     @field_validator("tiers")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from videogen.devserver import DevServer, port_open
+from videogen.devserver import DevServer, free_port, port_open
 
 
 @dataclass
@@ -26,6 +26,8 @@ class Child:
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    # Where the worker serves /metrics (VIDEOGEN_WORKER_METRICS_PORT); kept across restarts.
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Stack:
     # None: children write to this process's stdout/stderr; else one log file each here.
     log_dir: Path | None = None
     persistent: bool = True
+    # Give every worker its own /metrics port (Child.metrics_port).
+    worker_metrics: bool = False
     server: DevServer | None = None
     children: list[Child] = field(default_factory=list)
 
@@ -78,6 +82,10 @@ class Stack:
         self.children += [Child(f"gpu-worker-{i}", [*cli, "worker", "gpu"])
                           for i in range(self.gpu_workers)]
         self.children.append(Child("api", [*cli, "api"]))
+        if self.worker_metrics:
+            for child in self.children:
+                if child.name != "api":
+                    child.metrics_port = free_port()
         try:
             for child in self.children:
                 self._spawn(child)
@@ -92,8 +100,11 @@ class Stack:
         out: object = None
         if self.log_dir:
             out = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115
+        env = self.child_env()
+        if child.metrics_port:
+            env["VIDEOGEN_WORKER_METRICS_PORT"] = str(child.metrics_port)
         child.process = subprocess.Popen(
-            child.argv, env=self.child_env(), stdout=out, stderr=subprocess.STDOUT if out else None,
+            child.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
 
@@ -135,6 +146,9 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{ready} of {n} GPU workers ready after {timeout_s}s")
             time.sleep(0.1)
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
 
     def check(self) -> None:
         """Restart a worker that died; the API and Temporal dying is fatal for the stack."""

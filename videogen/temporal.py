@@ -16,6 +16,8 @@ from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
+from videogen import sdk_metrics, tracing
+
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
 
@@ -27,8 +29,14 @@ def connect_config() -> dict[str, object]:
 
 
 async def connect(*, wait_s: float = 0.0) -> Client:
-    """Connect, retrying for up to `wait_s` seconds (a starting server refuses at first)."""
+    """Connect, retrying for up to `wait_s` seconds (a starting server refuses at first).
+
+    The client (and the workers built on it) report the SDK's metrics through this process's
+    `/metrics` (videogen.sdk_metrics) and trace when tracing is on (videogen.tracing).
+    """
     config = connect_config()
+    config["runtime"] = sdk_metrics.runtime()
+    config["interceptors"] = tracing.interceptors()
     deadline = time.monotonic() + wait_s
     while True:
         try:

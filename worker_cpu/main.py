@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from activities.postprocess import PostprocessActivities
 from activities.webhooks import WebhookActivities
+from videogen import metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect, run_until_stopped
@@ -40,5 +41,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         max_concurrent_activities=os.cpu_count() or 1,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
-    log.info("cpu worker ready", task_queue=settings.cpu_task_queue, storage=store.describe())
+    if settings.worker_metrics_port:
+        # Job outcomes (videogen_jobs_total) and the SDK's workflow metrics.
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
+    log.info("cpu worker ready", task_queue=settings.cpu_task_queue, storage=store.describe(),
+             metrics_port=settings.worker_metrics_port or None)
     await run_until_stopped(worker, stop)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -23,7 +24,7 @@ from temporalio.worker import Worker
 from activities import pipeline
 from activities.checkpoint import CheckpointPolicy
 from activities.diffusion import DiffusionActivities
-from videogen import metrics
+from videogen import logs, metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect, run_until_stopped
@@ -88,10 +89,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         # Covers the running step plus one checkpoint write; the activity hands over at once.
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
     )
+    metrics.configure_gpu(worker=logs.worker_id(), gpu_id=_gpu_id(device),
+                          region=settings.region, utilization=_nvml_utilization(device))
     if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.worker_metrics_port, addr=settings.api_host)
+        # Started once the model is loaded: a scrape (or a probe) answering means "ready".
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
     watcher = None
     if settings.spot_notice_url:
         watcher = asyncio.create_task(_watch_spot(settings, stop))
@@ -118,6 +120,24 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 await watcher
     log.info("gpu worker stopped", exit_code=exit_code)
     return exit_code
+
+
+def _nvml_utilization(device: str) -> Callable[[], float] | None:
+    """The GPU's own utilization (NVML, through torch) if it can be read, else None."""
+    if not device.startswith("cuda"):
+        return None
+    index = int(_gpu_id(device))
+    try:
+        torch.cuda.utilization(index)
+    except Exception:  # no pynvml / NVML: fall back to time busy with a job
+        return None
+    return lambda: torch.cuda.utilization(index) / 100.0
+
+
+def _gpu_id(device: str) -> str:
+    """`0` for cuda:0 (cuda alone is device 0), else the device kind (cpu, mps)."""
+    kind, _, index = device.partition(":")
+    return (index or "0") if kind == "cuda" else kind
 
 
 async def _watch_spot(settings: Settings, stop: asyncio.Event) -> None:

@@ -97,6 +97,9 @@ class VideoGeneration:
     @workflow.run
     async def run(self, req: c.VideoRequest) -> c.JobResult:
         self._state.total_steps = req.num_inference_steps
+        # workflow.logger: silent while replaying; its lines carry workflow and run id.
+        workflow.logger.info("job started", extra={"model": req.model, "tier": req.tier,
+                                                   "user": req.user})
         if req.webhook_url and c.WEBHOOK_PROGRESS_EVENT in req.webhook_events:
             # A task of this workflow (deterministic: it runs on the workflow's event loop).
             self._progress_task = asyncio.create_task(self._progress_webhooks(req))
@@ -127,6 +130,7 @@ class VideoGeneration:
                 self._set_status(c.CANCELLED)
                 await self._cleanup(req, remove_outputs=True)
                 await self._notify(req, c.CANCELLED)
+                _ended(req, c.CANCELLED)
                 raise
             assert isinstance(err, ActivityError)
             code, message = _describe_failure(err)
@@ -135,6 +139,7 @@ class VideoGeneration:
             self._set_status(c.FAILED)
             await self._cleanup(req, remove_outputs=True)
             await self._notify(req, c.FAILED)
+            _ended(req, c.FAILED, code=code)
             raise ApplicationError(message, type=code, non_retryable=True) from err
 
         result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
@@ -156,6 +161,8 @@ class VideoGeneration:
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
             )
         await self._notify(req, c.COMPLETED)
+        _ended(req, c.COMPLETED, attempt=gen.attempt,
+               generation_seconds=round(gen.generation_seconds, 3))
         return result
 
     async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:
@@ -164,7 +171,7 @@ class VideoGeneration:
         )
         return await workflow.execute_activity(
             c.ACTIVITY_GENERATE,
-            c.GenerateInput(request=req),
+            c.GenerateInput(request=req, submitted_at=workflow.info().start_time.timestamp()),
             result_type=c.GenerateOutput,
             task_queue=req.gpu_task_queue,
             start_to_close_timeout=timedelta(hours=2),
@@ -228,6 +235,16 @@ class VideoGeneration:
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=CPU_RETRY,
         )
+
+
+def _ended(req: c.VideoRequest, outcome: str, **fields: object) -> None:
+    """Count and log a job's end. The workflow metric meter records nothing while replaying,
+    so each job is counted once (`videogen_jobs_total` on the CPU worker's /metrics)."""
+    workflow.metric_meter().create_counter(
+        "videogen_jobs_total", "Jobs ended, by outcome (completed, failed, cancelled).",
+    ).add(1, {"outcome": outcome, "model": req.model, "tier": req.tier})
+    workflow.logger.info("job %s", outcome, extra={"outcome": outcome, "model": req.model,
+                                                   **fields})
 
 
 def _describe_failure(err: ActivityError) -> tuple[str, str]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+import structlog
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
-from api.deps import ClientDep, StoreDep
+from api.deps import ClientDep, SettingsDep, StoreDep
 
+log = structlog.get_logger(__name__)
 router = APIRouter(tags=["operations"])
 
 
@@ -31,5 +33,11 @@ async def healthz(client: ClientDep, store: StoreDep, response: Response) -> dic
 
 
 @router.get("/metrics")
-def metrics() -> Response:
+async def metrics(request: Request, client: ClientDep, settings: SettingsDep) -> Response:
+    """This API process's metrics, the SDK's, and the fleet gauges (api/fleet.py), refreshed
+    at most every VIDEOGEN_FLEET_CACHE_S."""
+    try:
+        await asyncio.wait_for(request.app.state.fleet.get(client, settings), timeout=5)
+    except Exception as err:  # a scrape still answers, with the last fleet gauges
+        log.warning("fleet snapshot failed", error=f"{type(err).__name__}: {err}")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
