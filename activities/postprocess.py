@@ -37,7 +37,8 @@ class PostprocessActivities:
         self._store.put(keys["thumbnail"], media.make_thumbnail(frames))
         self._store.put(keys["spritesheet"], media.make_spritesheet(frames))
         t, h, w, _ = frames.shape
-        log.info("video encoded", job_id=inp.job_id, bytes=len(video), frames=t)
+        log.info("video encoded", job_id=inp.job_id, model=inp.model, bytes=len(video),
+                 frames=t)
         return c.EncodeOutput(
             video_key=keys["video"],
             thumbnail_key=keys["thumbnail"],
@@ -63,6 +64,6 @@ class PostprocessActivities:
             return n
 
         removed = await asyncio.to_thread(work)
-        log.info("job cleaned up", job_id=inp.job_id, removed=removed,
+        log.info("job cleaned up", job_id=inp.job_id, model=inp.model, removed=removed,
                  outputs=inp.remove_outputs)
         return removed

@@ -175,6 +175,7 @@ class EncodeInput:
     job_id: str
     frames_key: str
     fps: int
+    model: str = ""  # for the log lines of the job's work
 
 
 @dataclass
@@ -210,6 +211,7 @@ class CleanupInput:
     job_id: str
     # False after success (frames and checkpoints go), True on cancel/failure (everything).
     remove_outputs: bool = False
+    model: str = ""  # for the log lines of the job's work
 
 
 @dataclass

@@ -115,7 +115,8 @@ class VideoGeneration:
             self._state.wasted_steps = gen.wasted_steps
             encoded = await workflow.execute_activity(
                 c.ACTIVITY_ENCODE,
-                c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps),
+                c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps,
+                              model=req.model),
                 result_type=c.EncodeOutput,
                 task_queue=req.cpu_task_queue,
                 start_to_close_timeout=timedelta(minutes=10),
@@ -230,7 +231,7 @@ class VideoGeneration:
     async def _cleanup(self, req: c.VideoRequest, *, remove_outputs: bool) -> None:
         await workflow.execute_activity(
             c.ACTIVITY_CLEANUP,
-            c.CleanupInput(job_id=req.job_id, remove_outputs=remove_outputs),
+            c.CleanupInput(job_id=req.job_id, remove_outputs=remove_outputs, model=req.model),
             task_queue=req.cpu_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=CPU_RETRY,
