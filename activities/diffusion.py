@@ -149,7 +149,7 @@ class DiffusionActivities:
             metrics.QUEUE_WAIT_SECONDS.labels(req.tier).observe(
                 max(0.0, info.started_time.timestamp() - inp.submitted_at))
         elif attempt > 1:
-            run.interrupted_at = await _last_interruption(logger)
+            run.interrupted_at = await _last_interruption(prior, logger)
         logger.info("generation started", steps=req.num_inference_steps, warm=warm,
                     checkpoint_policy=self._policy.describe(),
                     resume_candidate=prior.newest.step if prior.newest else None)
@@ -351,7 +351,6 @@ class DiffusionActivities:
         newest = run.writer.newest
         # The failure below flushes these details to the server before it is reported.
         activity.heartbeat(run.details())
-        metrics.preempted("graceful")
         at = newest.step if newest else 0
         lost = state.next_step - at
         logger.info("preempted: attempt handed over", step=state.next_step,
@@ -368,7 +367,6 @@ class DiffusionActivities:
         await _uninterruptible(asyncio.to_thread(run.writer.drain))
         run.poisoned = run.prior.poisoned + 1
         activity.heartbeat(run.details())
-        metrics.preempted("poisoned")
         final = run.poisoned >= MAX_POISONED_ATTEMPTS
         logger.error("poisoned state: worker will restart", error=str(err),
                      poisoned_attempts=run.poisoned, giving_up=final)
@@ -433,6 +431,8 @@ class _Run:
             phase=self.progress.phase,
             wasted_steps=self.progress.wasted,
             poisoned=self.poisoned,
+            # Where this attempt ran: the retry counts its preemption under this region.
+            region=metrics.REGION["name"],
         )
         return d
 
@@ -450,9 +450,11 @@ async def _own_workflow() -> WorkflowExecutionDescription | None:
         return None
 
 
-async def _last_interruption(logger: structlog.typing.FilteringBoundLogger) -> float | None:
-    """For a retried attempt: when the previous one last heartbeated (Unix time), counting a
-    lease expiration if it ended by heartbeat timeout. None if the server cannot tell."""
+async def _last_interruption(prior: _Prior,
+                             logger: structlog.typing.FilteringBoundLogger) -> float | None:
+    """For a retried attempt: when the previous one last heartbeated (Unix time), and how it
+    ended, counted here: a preempted worker exits within a second of its hand-over, before any
+    scrape could see its own counters. None if the server cannot tell."""
     desc = await _own_workflow()
     if desc is None:
         return None
@@ -461,10 +463,16 @@ async def _last_interruption(logger: structlog.typing.FilteringBoundLogger) -> f
         if pending.activity_id != info.activity_id:
             continue
         failure = pending.last_failure
+        region = str((prior.raw or {}).get("region") or "")
         if failure.HasField("timeout_failure_info") and failure.timeout_failure_info \
                 .timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT:
             metrics.LEASE_EXPIRATIONS.inc()
             logger.warning("previous attempt's lease expired (heartbeat timeout): resuming")
+        elif failure.HasField("application_failure_info"):
+            kind = {c.ERR_WORKER_SHUTDOWN: "graceful", c.ERR_POISONED: "poisoned"}.get(
+                failure.application_failure_info.type)
+            if kind:
+                metrics.preempted(kind, region)
         if pending.HasField("last_heartbeat_time"):
             return pending.last_heartbeat_time.ToDatetime(UTC).timestamp()
         return None

@@ -63,7 +63,7 @@ class WebhookActivities:
             except (httpx.HTTPError, TimeoutError) as err:
                 raise ApplicationError(f"webhook endpoint unreachable: {err!r}",
                                        type="WebhookUnreachable") from err
-        log.info("webhook delivery", job_id=inp.job_id, webhook_event=inp.event,
+        log.info("webhook delivery", job_id=inp.job_id, model=inp.model, webhook_event=inp.event,
                  status=status,
                  attempt=attempt, webhook_id=inp.webhook_id)
         if 200 <= status < 300:

@@ -3,14 +3,16 @@
 Per GPU task queue (one per model and pool) and per tier:
 - backlog: Temporal's task-queue stats per priority key (`describe_task_queue`, report_stats).
   The server caches them for about 5 s and they exclude tasks already running;
-- running: jobs in progress (visibility, `VideogenStatus = 'in_progress'`), which is also the
-  number of busy GPU workers (one job per GPU);
-- workers polling: distinct worker identities polling the queue (idle ones; Temporal lists a
-  poller for a few minutes after its last poll);
+- running: jobs in progress (visibility, `VideogenStatus = 'in_progress'`): about the number
+  of busy GPU workers (one job per GPU), though it also counts a job in its short encode phase
+  and a preempted job waiting for its retry (which is in the backlog too);
+- workers polling: distinct worker identities that polled the queue in the last
+  `POLLER_FRESH_S` seconds, i.e. idle workers (a busy one does not poll; Temporal keeps listing
+  a poller for minutes after it stopped, so older entries are dead or busy workers);
 - estimated drain time (the design document's best single health metric):
   backlog at or ahead of the tier's priority x average generation time / GPU workers, where
-  GPU workers = max(workers polling, running). +Inf with a backlog and no worker; NaN until a
-  job of the model has completed (no generation time to go by).
+  GPU workers = workers polling + running. +Inf with a backlog and no worker; NaN until a job
+  of the model has completed (no generation time to go by).
 
 Served as JSON by `GET /v1/admin/fleet` (admin key) and as Prometheus gauges on the API's
 `/metrics` (refreshed on scrape, at most every `VIDEOGEN_FLEET_CACHE_S`). Every API replica
@@ -23,6 +25,7 @@ import asyncio
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from typing import Any
 
 import structlog
@@ -39,9 +42,12 @@ from videogen.settings import Settings
 log = structlog.get_logger(__name__)
 
 STATS_LAG_S = 5.0
+# An idle worker long-polls for up to a minute, then polls again at once.
+POLLER_FRESH_S = 90.0
 
 QUEUE_DEPTH = Gauge("videogen_queue_depth",
-                    "Jobs waiting for a GPU (Temporal backlog; lags ~5 s, excludes running).",
+                    "Jobs waiting for a GPU (Temporal backlog; lags ~5 s, excludes running), by "
+                    "priority key; `tier` names the tiers of that key ('a+b' when they share it).",
                     ["queue", "tier", "priority"])
 RUNNING_JOBS = Gauge("videogen_running_jobs", "Jobs running on a GPU.", ["queue", "tier"])
 WORKERS_POLLING = Gauge("videogen_workers_polling", "GPU workers polling the queue.", ["queue"])
@@ -119,8 +125,10 @@ async def _queue(client: Client, settings: Settings, model: str, pool: str,
     tiers = [t for t in settings.tiers if settings.pool_for(t) == pool]
     running = dict(zip(tiers, await asyncio.gather(*(_running(client, model, t) for t in tiers)),
                        strict=True))
-    pollers = len({p.identity for p in resp.pollers})
-    workers = max(pollers, sum(running.values()))
+    fresh = time.time() - POLLER_FRESH_S
+    pollers = len({p.identity for p in resp.pollers
+                   if p.last_access_time.ToDatetime(UTC).timestamp() >= fresh})
+    workers = pollers + sum(running.values())
     loads = []
     for tier in tiers:
         prio = settings.tiers[tier].priority
@@ -170,15 +178,27 @@ class FleetCache:
             return self._fleet
 
 
-def export(fleet: Fleet, settings: Settings) -> None:
-    """Set the Prometheus gauges from a snapshot (series of vanished tiers dropped)."""
+def clear() -> None:
+    """Drop every fleet series: no data (Temporal unreachable) must not read as stale values;
+    an autoscaler query on absent series errors out and keeps its current scale."""
     for gauge in (QUEUE_DEPTH, RUNNING_JOBS, WORKERS_POLLING, BACKLOG_AGE, DRAIN_TIME):
         gauge.clear()
+
+
+def export(fleet: Fleet, settings: Settings) -> None:
+    """Set the Prometheus gauges from a snapshot (series of vanished tiers dropped)."""
+    clear()
     for q in fleet.queues:
         WORKERS_POLLING.labels(q.queue).set(q.workers_polling)
         BACKLOG_AGE.labels(q.queue).set(q.backlog_age_s)
+        # One depth series per priority key, so summing them never counts a backlog twice.
+        by_priority: dict[int, list[TierLoad]] = {}
         for t in q.tiers:
-            QUEUE_DEPTH.labels(q.queue, t.tier, str(t.priority)).set(t.backlog)
+            by_priority.setdefault(t.priority, []).append(t)
+        for prio, loads in by_priority.items():
+            QUEUE_DEPTH.labels(q.queue, "+".join(sorted(t.tier for t in loads)),
+                               str(prio)).set(loads[0].backlog)
+        for t in q.tiers:
             RUNNING_JOBS.labels(q.queue, t.tier).set(t.running)
             drain = t.estimated_drain_time_s
             DRAIN_TIME.labels(q.queue, t.tier).set(

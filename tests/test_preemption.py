@@ -25,6 +25,7 @@ from helpers import (
     preemption_env,
     reference_mp4,
     running_on,
+    scrape,
     value,
     wait_for,
     wait_step,
@@ -115,10 +116,12 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
     v = wait_for(papi, job)
     assert v["status"] == "completed" and v["attempt"] == 2
     assert v["wasted_steps"] == 0 and v["resumed_from_step"] >= 12
-    # The standby worker measured the recovery: from the hand-over heartbeat to its first step.
+    # The standby worker counted the preemption (the preempted one exited) and measured the
+    # recovery: from the hand-over heartbeat to its first step (well inside the 60 s SLO).
     m = gpu_metrics(pstack)
+    assert value(m, "videogen_preemptions_total", kind="graceful") >= 1
     assert value(m, "videogen_preemption_recovery_seconds_count") >= 1
-    assert 0 < value(m, "videogen_preemption_recovery_seconds_sum") < 3.0 * value(
+    assert 0 < value(m, "videogen_preemption_recovery_seconds_sum") < 10.0 * value(
         m, "videogen_preemption_recovery_seconds_count")
     assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4({**JOB, "seed": 101})
     assert_nothing_left(pstack, job)
@@ -127,8 +130,12 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
 
 async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_timeout(
         pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
+    pstack.wait_gpu_workers(2)  # the standby is up (and serving metrics) before the kill
     job, pid, reached = await running_at(papi, tclient, 102, 20)
-    expired = value(gpu_metrics(pstack), "videogen_lease_expirations_total")
+    standby = next(ch for ch in pstack.children if ch.name.startswith("gpu-worker")
+                   and ch.process.pid != pid)
+    standby_url = f"http://127.0.0.1:{standby.metrics_port}/metrics"
+    expired = value(scrape(standby_url), "videogen_lease_expirations_total")
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     v = wait_for(papi, job)
@@ -139,7 +146,7 @@ async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_time
     assert v["wasted_steps"] <= EVERY_STEPS + 1
     # Counted by the worker that resumed it: a lease expiration, and a recovery that took at
     # least the heartbeat timeout.
-    m = gpu_metrics(pstack)
+    m = scrape(standby_url)
     assert value(m, "videogen_lease_expirations_total") == expired + 1
     assert value(m, "videogen_preemption_recovery_seconds_bucket", le="2.5") < value(
         m, "videogen_preemption_recovery_seconds_bucket", le="+Inf")

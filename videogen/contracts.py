@@ -263,6 +263,7 @@ class WebhookInput:
     # The JSON body, exactly as sent and signed on every attempt.
     body: str
     cpu_task_queue: str
+    model: str = ""  # for the log lines of the job's work
 
 
 @dataclass

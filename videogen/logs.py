@@ -71,7 +71,9 @@ def configure(level: str | None = None, **static: Any) -> None:
     fmt = os.environ.get("VIDEOGEN_LOG_FORMAT", "").strip().lower()
     console = fmt == "console" or (fmt != "json" and sys.stderr.isatty())
     renderer: Any = (structlog.dev.ConsoleRenderer() if console
-                     else structlog.processors.JSONRenderer())
+                     # str() for values JSON cannot hold: structlog's own fallback imports
+                     # lazily, which the workflow sandbox refuses (records logged there).
+                     else structlog.processors.JSONRenderer(default=str))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -38,7 +38,8 @@ RESUMES = Counter(
 )
 PREEMPTIONS = Counter(
     "videogen_preemptions_total",
-    "GPU attempts this worker ended early: graceful (SIGTERM/spot notice) or poisoned (NaN).",
+    "GPU attempts ended early: graceful (SIGTERM/spot notice) or poisoned (NaN), by the "
+    "region of the worker that lost the job; counted by the worker that resumes it.",
     ["kind", "region"],
 )
 PREEMPTION_RECOVERY_SECONDS = Histogram(
@@ -137,8 +138,8 @@ def configure_gpu(*, worker: str, gpu_id: str, region: str,
     GPU_UTILIZATION.labels(worker, gpu_id).set_function(utilization or BUSY.fraction)
 
 
-def preempted(kind: str) -> None:
-    PREEMPTIONS.labels(kind, REGION["name"]).inc()
+def preempted(kind: str, region: str) -> None:
+    PREEMPTIONS.labels(kind, region).inc()
 
 
 def serve(port: int, host: str) -> None:

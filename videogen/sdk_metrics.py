@@ -83,11 +83,10 @@ class TemporalMetrics(Collector):
     def drain(self) -> None:
         if self._runtime is None:
             return
-        updates = self.buffer.retrieve_updates()
-        if not updates:
-            return
+        # Under the lock: two drains (the thread, a scrape) must apply batches in order, or a
+        # gauge could end on an older value.
         with self._lock:
-            for u in updates:
+            for u in self.buffer.retrieve_updates():
                 m = u.metric
                 name = m.name if m.name.startswith((PREFIX, "videogen_")) else PREFIX + m.name
                 entry = self._series.get(name)
@@ -122,7 +121,7 @@ class TemporalMetrics(Collector):
                         fam.add_sample(name, dict(labels), v)
                 else:
                     # Durations arrive in seconds; Prometheus names carry their unit.
-                    base = name + "_seconds" if unit in ("duration", "ms", "s") and \
+                    base = name + "_seconds" if unit in ("duration", "s") and \
                         not name.endswith("_seconds") else name
                     fam = Metric(base, doc, "histogram")
                     for labels, h in values.items():

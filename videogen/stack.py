@@ -82,10 +82,15 @@ class Stack:
         self.children += [Child(f"gpu-worker-{i}", [*cli, "worker", "gpu"])
                           for i in range(self.gpu_workers)]
         self.children.append(Child("api", [*cli, "api"]))
-        if self.worker_metrics:
-            for child in self.children:
-                if child.name != "api":
-                    child.metrics_port = free_port()
+        # Each worker its own metrics port: from VIDEOGEN_WORKER_METRICS_PORT upwards if the
+        # environment sets one (`videogen up`), else free ones when asked (tests).
+        base = int(self.child_env().get("VIDEOGEN_WORKER_METRICS_PORT") or 0)
+        workers = [ch for ch in self.children if ch.name != "api"]
+        for i, child in enumerate(workers):
+            if base:
+                child.metrics_port = base + i
+            elif self.worker_metrics:
+                child.metrics_port = free_port()
         try:
             for child in self.children:
                 self._spawn(child)
@@ -101,6 +106,7 @@ class Stack:
         if self.log_dir:
             out = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115
         env = self.child_env()
+        env.pop("VIDEOGEN_WORKER_METRICS_PORT", None)
         if child.metrics_port:
             env["VIDEOGEN_WORKER_METRICS_PORT"] = str(child.metrics_port)
         child.process = subprocess.Popen(

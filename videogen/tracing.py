@@ -86,8 +86,9 @@ def instrument_app(app: Any) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    # Health checks and scrapes every few seconds would drown the traces that matter.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
+    # Health checks and scrapes every few seconds would drown the traces that matter; signed
+    # download links carry their signature in the query string.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics,v1/files")
 
 
 def shutdown() -> None:

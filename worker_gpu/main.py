@@ -129,7 +129,10 @@ def _nvml_utilization(device: str) -> Callable[[], float] | None:
     index = int(_gpu_id(device))
     try:
         torch.cuda.utilization(index)
-    except Exception:  # no pynvml / NVML: fall back to time busy with a job
+    except Exception as err:
+        log.warning("GPU utilization unreadable (install the `gpu` extra for NVML): "
+                    "reporting the share of time busy with a job instead",
+                    error=f"{type(err).__name__}: {err}")
         return None
     return lambda: torch.cuda.utilization(index) / 100.0
 

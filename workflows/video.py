@@ -172,7 +172,8 @@ class VideoGeneration:
         )
         return await workflow.execute_activity(
             c.ACTIVITY_GENERATE,
-            c.GenerateInput(request=req, submitted_at=workflow.info().start_time.timestamp()),
+            c.GenerateInput(request=req,
+                            submitted_at=workflow.info().workflow_start_time.timestamp()),
             result_type=c.GenerateOutput,
             task_queue=req.gpu_task_queue,
             start_to_close_timeout=timedelta(hours=2),
@@ -222,7 +223,7 @@ class VideoGeneration:
             c.WebhookInput(job_id=req.job_id, user=req.user, url=req.webhook_url, event=event,
                            webhook_id=f"msg_{req.job_id}_{tag}",
                            body=json.dumps(payload, separators=(",", ":")),
-                           cpu_task_queue=req.cpu_task_queue),
+                           cpu_task_queue=req.cpu_task_queue, model=req.model),
             id=f"{req.job_id}-webhook-{tag}",
             task_queue=req.cpu_task_queue,
             parent_close_policy=workflow.ParentClosePolicy.ABANDON,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
+from api import fleet
 from api.deps import ClientDep, SettingsDep, StoreDep
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ async def metrics(request: Request, client: ClientDep, settings: SettingsDep) ->
     at most every VIDEOGEN_FLEET_CACHE_S."""
     try:
         await asyncio.wait_for(request.app.state.fleet.get(client, settings), timeout=5)
-    except Exception as err:  # a scrape still answers, with the last fleet gauges
+    except Exception as err:  # a scrape still answers, without fleet gauges
+        fleet.clear()
         log.warning("fleet snapshot failed", error=f"{type(err).__name__}: {err}")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
