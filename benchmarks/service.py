@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client, WorkflowFailureError
 
 from benchmarks.history import Progress, timeline
@@ -39,7 +38,7 @@ from benchmarks.results import Benchmark, percentile
 from videogen import contracts as c
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY
-from videogen.stack import Stack
+from videogen.stack import Stack, gpu_worker_pid
 
 # The short job of the pickup/overhead runs: about a second on a 2-core CPU.
 SHORT = {"size": "64x64", "seconds": 1, "num_inference_steps": 3}
@@ -175,16 +174,6 @@ class Driver:
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError(f"{job_id}: its GPU activity was not scheduled in {timeout_s}s")
-
-    async def running_on(self, job_id: str) -> int | None:
-        """Pid of the GPU worker running the job's generate activity (identity 'pid@host')."""
-        desc = await self.temporal.get_workflow_handle(job_id).describe()
-        for pa in desc.raw_description.pending_activities:
-            if (pa.activity_type.name == c.ACTIVITY_GENERATE
-                    and pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-                    and pa.last_worker_identity):
-                return int(pa.last_worker_identity.split("@", 1)[0])
-        return None
 
 
 @contextlib.asynccontextmanager
@@ -460,7 +449,7 @@ async def recovery(d: Driver, runs: int, bench: Benchmark) -> None:
         await asyncio.sleep(0.5)
         job, _ = await d.submit({**RECOVERY_JOB, "seed": 3000 + i})
         reached = (await d.wait_step(job, KILL_AT_STEP))["step"]
-        pid = await d.running_on(job)
+        pid = await gpu_worker_pid(d.temporal, job)
         if pid is None:
             raise RuntimeError(f"{job}: no worker runs it")
         sent = time.time()

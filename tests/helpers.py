@@ -9,8 +9,6 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from temporalio.api.enums.v1 import PendingActivityState
-from temporalio.client import Client
 
 from videogen import contracts as c
 from videogen.settings import DEV_API_KEY, Settings
@@ -98,17 +96,6 @@ def wait_step(api: httpx.Client, job_id: str, step: int, timeout_s: float = 60) 
         assert v["status"] in ("queued", "in_progress"), v
         time.sleep(0.02)
     raise AssertionError(f"{job_id} did not reach step {step}")
-
-
-async def running_on(client: Client, job_id: str) -> int | None:
-    """Pid of the GPU worker running the job's generate activity now (identity 'pid@host')."""
-    desc = await client.get_workflow_handle(job_id).describe()
-    for pa in desc.raw_description.pending_activities:
-        if (pa.activity_type.name == c.ACTIVITY_GENERATE
-                and pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-                and pa.last_worker_identity):
-            return int(pa.last_worker_identity.split("@", 1)[0])
-    return None
 
 
 def worker_child(stack: Stack, pid: int) -> Any:

@@ -20,7 +20,6 @@ from helpers import (
     api_client,
     preemption_env,
     reference_mp4,
-    running_on,
     submit,
     wait_for,
     wait_step,
@@ -31,7 +30,7 @@ from temporalio.client import Client
 from activities.media import probe_mp4
 from videogen import contracts as c
 from videogen.devserver import free_port
-from videogen.stack import Stack
+from videogen.stack import Stack, gpu_worker_pid
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +91,7 @@ async def test_preempted_job_resumes_from_checkpoints_in_s3(
         job = submit(s3_api, **JOB, seed=105)["id"]
         for sig, step in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
             wait_step(s3_api, job, step)
-            pid = await running_on(client, job)
+            pid = await gpu_worker_pid(client, job)
             assert pid is not None
             os.kill(pid, sig)
             prefix = f"videogen/{c.checkpoints_prefix(job)}"

@@ -24,7 +24,6 @@ from helpers import (
     gpu_metrics,
     preemption_env,
     reference_mp4,
-    running_on,
     scrape,
     value,
     wait_for,
@@ -35,7 +34,7 @@ from temporalio.client import Client
 
 from videogen import contracts as c
 from videogen.devserver import free_port
-from videogen.stack import Stack
+from videogen.stack import Stack, gpu_worker_pid
 from videogen.storage import FileStore
 
 
@@ -70,7 +69,7 @@ async def running_at(api: httpx.Client, client: Client, seed: int,
     """Start a job and wait until it has denoised `step` steps: (job id, worker pid, step)."""
     job = start(api, seed)
     reached = wait_step(api, job, step)["step"]
-    pid = await running_on(client, job)
+    pid = await gpu_worker_pid(client, job)
     assert pid is not None
     return job, pid, reached
 
@@ -225,7 +224,7 @@ async def test_chaos_every_job_completes_once_and_identical(
                    if v["phase"] == "denoising" and v["step"] >= rng.randint(3, 40)]
         if budget and victims:
             job = rng.choice(victims)
-            pid = await running_on(tclient, job)
+            pid = await gpu_worker_pid(tclient, job)
             child = worker_child(pstack, pid) if pid is not None else None
             # Until the heartbeat timeout the server names a SIGKILLed worker: skip those.
             if pid is not None and child is not None and child.process.poll() is None:

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client
 
+from videogen import contracts as c
 from videogen.devserver import DevServer, free_port, port_open
 
 
@@ -187,3 +190,15 @@ class Stack:
         if self.server:
             self.server.stop()
 
+
+async def gpu_worker_pid(client: Client, job_id: str) -> int | None:
+    """Pid of the GPU worker process running the job's generate activity now (its Temporal
+    identity is 'pid@host'); None if no attempt is running. For tests and benchmarks that
+    interrupt that very worker."""
+    desc = await client.get_workflow_handle(job_id).describe()
+    for pa in desc.raw_description.pending_activities:
+        if (pa.activity_type.name == c.ACTIVITY_GENERATE
+                and pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                and pa.last_worker_identity):
+            return int(pa.last_worker_identity.split("@", 1)[0])
+    return None
