@@ -72,11 +72,7 @@ def waste_vs_interval(sweep: dict[str, Any], path: Path) -> Path:
     bx.set_ylim(top=LATENCY_CAP_MIN * 1.08)
     for axis in (ax, bx):
         axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-    fig.suptitle(sweep["title"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, sweep["title"], path)
 
 
 def _capped(axis: Any, xs: list[float], ys: list[float], style: str, colour: str,
@@ -120,7 +116,13 @@ def cost_vs_spot_share(sweep: dict[str, Any], path: Path) -> Path:
         axis.set_xlabel("spot share of the fleet (%)")
         axis.grid(True, alpha=0.3)
     cx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
-    fig.suptitle(sweep["title"], fontsize=9)
+    return _save(fig, sweep["title"], path)
+
+
+def _save(fig: Any, title: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -257,14 +257,22 @@ def test_every_videogen_variable_is_a_setting() -> None:
     assert used <= fields, f"not settings: {sorted(used - fields)}"
 
 
-def test_gpu_worker_grace_period_covers_the_emergency_checkpoint(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def gpu_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any],
+                                                          dict[str, str]]:
+    """The GPU worker Deployment, its container and its env; Settings() sees only that env
+    (none of this machine's VIDEOGEN_* variables)."""
     for name in list(os.environ):
         if name.startswith("VIDEOGEN_"):
             monkeypatch.delenv(name)
     gpu = gpu_deployment()
     (container,) = containers(gpu)
-    env = container_env(container)
+    return gpu, container, container_env(container)
+
+
+def test_gpu_worker_grace_period_covers_the_emergency_checkpoint(
+        gpu_worker: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
+    gpu, container, env = gpu_worker
     graceful = float(env.get("VIDEOGEN_GRACEFUL_SHUTDOWN_S", Settings().graceful_shutdown_s))
     grace = gpu["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > graceful
@@ -279,13 +287,9 @@ def test_gpu_worker_grace_period_covers_the_emergency_checkpoint(
 
 
 def test_keda_scales_the_gpu_worker_on_its_task_queue(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("VIDEOGEN_"):
-            monkeypatch.delenv(name)
-    gpu = gpu_deployment()
-    (container,) = containers(gpu)
-    env = container_env(container)
+        tmp_path: Path,
+        gpu_worker: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
+    gpu, _, env = gpu_worker
     settings = Settings(model=env.get("VIDEOGEN_MODEL", ""),
                         model_name=env.get("VIDEOGEN_MODEL_NAME", ""),
                         task_queue_prefix=env.get("VIDEOGEN_TASK_QUEUE_PREFIX", "videogen"),
