@@ -113,10 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _runs(args: argparse.Namespace) -> tuple[Runs, int]:
-    runs = Runs(pickup=10, overhead=10, cancel=3, recovery=1, admission_seconds=5,
+    runs = Runs(pickup=10, cancel=3, recovery=1, admission_seconds=5,
                 admission_clients=8) if args.quick else Runs()
     if args.pickup_runs:
-        runs.pickup = runs.overhead = args.pickup_runs
+        runs.pickup = args.pickup_runs
     if args.cancel_runs:
         runs.cancel = args.cancel_runs
     if args.recovery_runs:

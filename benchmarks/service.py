@@ -71,8 +71,7 @@ PREEMPTION = {
 class Runs:
     """How many runs each benchmark makes (overridable on the command line)."""
 
-    pickup: int = 60
-    overhead: int = 60
+    pickup: int = 60  # the pickup and the overhead figures come from the same runs
     cancel: int = 10
     recovery: int = 5
     admission_seconds: float = 15.0

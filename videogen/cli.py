@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from videogen.stack import Stack
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 class CliError(Exception):
