@@ -493,6 +493,9 @@ class CheckpointWriter:
         f = self._inflight
         if f is None:
             return
+        # Taken once: the activity drains on every way out (and again in its `finally`), and
+        # one failed upload must be counted and logged once.
+        self._inflight = None
         try:
             f.result()
         except Exception as err:

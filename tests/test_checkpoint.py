@@ -258,3 +258,21 @@ def test_writer_retries_with_backoff_then_goes_on_without(model: pipeline.Loaded
     store.up = True
     ref = writer.write(checkpoint.snapshot(state, job_id=JOB, attempt=1, device="cpu"))
     assert ref is not None and writer.newest == ref
+
+
+def test_a_failed_background_upload_is_counted_once_however_often_drained(
+        model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = CheckpointWriter(FileStore(tmp_path), model, job_id=JOB, attempt=1)
+
+    def broken(*_: object) -> bytes:  # fails before the write's own retries
+        raise RuntimeError("cannot serialise")
+
+    monkeypatch.setattr(checkpoint, "encode", broken)
+    state = _run_to(model, _params(), 2)
+    before = metrics.CHECKPOINT_FAILURES._value.get()
+    assert writer.submit(checkpoint.snapshot(state, job_id=JOB, attempt=1, device="cpu"))
+    for _ in range(3):
+        writer.drain()
+    writer.close()
+    assert writer.stats.failed == 1
+    assert metrics.CHECKPOINT_FAILURES._value.get() == before + 1
