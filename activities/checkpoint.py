@@ -43,7 +43,7 @@ import torch
 from activities.pipeline import DenoiseState, GenerationParams, LoadedModel
 from videogen import contracts as c
 from videogen import metrics
-from videogen.checkpoint_policy import POLICIES, CheckpointPolicy  # noqa: F401
+from videogen.checkpoint_policy import CheckpointPolicy  # noqa: F401 - re-exported
 from videogen.storage import NotFound, ObjectStore
 
 log = structlog.get_logger(__name__)

@@ -98,13 +98,14 @@ class DiffusionActivities:
     def __init__(self, model: pipeline.LoadedModel, store: ObjectStore, *,
                  policy: CheckpointPolicy | None = None, checkpoint_retries: int = 3,
                  checkpoint_backoff_s: float = 0.5,
-                 on_poisoned: Callable[[], None] | None = None) -> None:
+                 on_poisoned: Callable[[], None] | None = None, region: str = "") -> None:
         self._model = model
         self._store = store
         self._policy = policy or CheckpointPolicy()
         self._retries = checkpoint_retries
         self._backoff_s = checkpoint_backoff_s
         self._on_poisoned = on_poisoned
+        self._region = region
         # When this worker could take jobs (set by the worker once it polls): a job scheduled
         # before that waited for a cold start.
         self.ready_at: datetime | None = None
@@ -133,7 +134,7 @@ class DiffusionActivities:
 
         prior = _Prior.parse(info.heartbeat_details)
         run = _Run(
-            job_id=req.job_id, attempt=attempt, prior=prior,
+            job_id=req.job_id, attempt=attempt, prior=prior, region=self._region,
             progress=_Progress(total=req.num_inference_steps,
                                step=prior.newest.step if prior.newest else 0),
             writer=CheckpointWriter(
@@ -270,13 +271,14 @@ class DiffusionActivities:
 
     def _recovered(self, run: _Run, logger: structlog.typing.FilteringBoundLogger) -> None:
         """After the first step of a retried attempt: what the interruption cost."""
-        if run.first_step_s is not None and run.wasted_now:
-            metrics.WASTED_GPU_SECONDS.inc(run.wasted_now * run.first_step_s)
+        wasted = run.progress.wasted - run.prior.wasted_steps  # lost by the last attempt
+        if wasted and run.first_step_s is not None:
+            metrics.WASTED_GPU_SECONDS.inc(wasted * run.first_step_s)
         if run.interrupted_at is not None:
             recovery = max(0.0, time.time() - run.interrupted_at)
             metrics.PREEMPTION_RECOVERY_SECONDS.observe(recovery)
             logger.info("recovered: first step after the interruption",
-                        recovery_seconds=round(recovery, 3), wasted_steps=run.wasted_now)
+                        recovery_seconds=round(recovery, 3), wasted_steps=wasted)
 
     def _start(self, run: _Run, params: pipeline.GenerationParams,
                logger: structlog.typing.FilteringBoundLogger) -> pipeline.DenoiseState:
@@ -315,7 +317,6 @@ class DiffusionActivities:
             wasted = prior.reached_step
             run.writer.reset([])
         metrics.WASTED_STEPS.inc(wasted)
-        run.wasted_now = wasted
         p.wasted = prior.wasted_steps + wasted
         p.resumed_from = state.next_step if (found or run.attempt > 1) else None
         p.step = state.next_step
@@ -404,10 +405,11 @@ class _Run:
     state: pipeline.DenoiseState | None = None
     started: bool = False
     poisoned: int = 0
-    # A retry: when the interrupted attempt last heartbeated (Unix time), the steps it lost,
-    # and this attempt's first step time (to price them in GPU seconds).
+    # Where this worker runs (heartbeated: the retry counts a preemption under it).
+    region: str = ""
+    # A retry: when the interrupted attempt last heartbeated (Unix time), and this attempt's
+    # first step time (to price the steps it lost in GPU seconds).
     interrupted_at: float | None = None
-    wasted_now: int = 0
     first_step_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -432,7 +434,7 @@ class _Run:
             wasted_steps=self.progress.wasted,
             poisoned=self.poisoned,
             # Where this attempt ran: the retry counts its preemption under this region.
-            region=metrics.REGION["name"],
+            region=self.region,
         )
         return d
 
@@ -472,7 +474,7 @@ async def _last_interruption(prior: _Prior,
             kind = {c.ERR_WORKER_SHUTDOWN: "graceful", c.ERR_POISONED: "poisoned"}.get(
                 failure.application_failure_info.type)
             if kind:
-                metrics.preempted(kind, region)
+                metrics.PREEMPTIONS.labels(kind, region).inc()
         if pending.HasField("last_heartbeat_time"):
             return pending.last_heartbeat_time.ToDatetime(UTC).timestamp()
         return None

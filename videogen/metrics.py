@@ -124,22 +124,16 @@ class BusyTracker:
 
 
 BUSY = BusyTracker()
-REGION = {"name": ""}
 
 
 def configure_gpu(*, worker: str, gpu_id: str, region: str,
                   utilization: Callable[[], float] | None = None) -> None:
     """Label this process's GPU series (one GPU worker process per GPU). `utilization`: the
     device's own reading (NVML) where there is one, else the share of time busy with a job."""
-    REGION["name"] = region
     # Series exist from the start at 0, so rate() and increase() see the first preemption.
     for kind in ("graceful", "poisoned"):
         PREEMPTIONS.labels(kind, region)
     GPU_UTILIZATION.labels(worker, gpu_id).set_function(utilization or BUSY.fraction)
-
-
-def preempted(kind: str, region: str) -> None:
-    PREEMPTIONS.labels(kind, region).inc()
 
 
 def serve(port: int, host: str) -> None:

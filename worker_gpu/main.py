@@ -75,7 +75,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     acts = DiffusionActivities(model, store, policy=policy,
                                checkpoint_retries=settings.checkpoint_retries,
                                checkpoint_backoff_s=settings.checkpoint_backoff_s,
-                               on_poisoned=on_poisoned)
+                               on_poisoned=on_poisoned, region=settings.region)
     worker = Worker(
         client,
         task_queue=queue,
