@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.webhooks import WebhookActivities
+from videogen import contracts as c
 from videogen import webhooks
 
 
@@ -48,3 +56,47 @@ def test_delivery_goes_to_the_vetted_address() -> None:
     dev = webhooks.check_url("http://localhost:9/h", allowed_hosts=frozenset({"localhost"}))
     assert dev.host == "localhost" and dev.ip in ("127.0.0.1", "::1")
     assert dev.url in ("http://127.0.0.1:9/h", "http://[::1]:9/h")
+
+
+@pytest.fixture
+def answering() -> Iterator[Callable[[int], str]]:
+    """A loopback HTTP server answering every POST with the status its path names
+    (`/status/302`), a redirect pointing at a path that would answer 200."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            status = int(self.path.rsplit("/", 1)[-1])
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("location", "/status/200")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield lambda status: f"http://127.0.0.1:{server.server_port}/status/{status}"
+    server.shutdown()
+
+
+async def _deliver(url: str) -> int:
+    acts = WebhookActivities("key", allowed_hosts=frozenset({"127.0.0.1"}))
+    inp = c.WebhookInput(job_id="video_x", user="u", url=url, event="video.completed",
+                         webhook_id="msg_x", body="{}", cpu_task_queue="q")
+    return await ActivityEnvironment().run(acts.deliver_webhook, inp)
+
+
+@pytest.mark.parametrize(("status", "error_type", "final"), [
+    (302, c.ERR_WEBHOOK_REDIRECT, True),  # never followed, even to a 200
+    (410, c.ERR_WEBHOOK_GONE, True),  # the receiver asks us to stop
+    (500, "WebhookRejected", False),  # retried (for up to a day)
+])
+async def test_delivery_outcomes_by_status(answering: Callable[[int], str], status: int,
+                                           error_type: str, final: bool) -> None:
+    assert await _deliver(answering(200)) == 200
+    with pytest.raises(ApplicationError) as err:
+        await _deliver(answering(status))
+    assert err.value.type == error_type and err.value.non_retryable is final
+    assert error_type in c.WEBHOOK_NON_RETRYABLE or not final

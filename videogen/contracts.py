@@ -48,6 +48,11 @@ NON_RETRYABLE_ERRORS = [ERR_INVALID_INPUT, ERR_MODEL_MISMATCH]
 ERR_WORKER_SHUTDOWN = "WorkerShutdown"
 ERR_POISONED = "PoisonedState"
 ERR_STORE_UNAVAILABLE = "StoreUnavailable"
+# Webhook deliveries: these end a delivery at once; any other failure retries for a day.
+ERR_WEBHOOK_UNSAFE = "UnsafeWebhookURL"
+ERR_WEBHOOK_REDIRECT = "WebhookRedirect"
+ERR_WEBHOOK_GONE = "WebhookGone"
+WEBHOOK_NON_RETRYABLE = [ERR_WEBHOOK_UNSAFE, ERR_WEBHOOK_REDIRECT, ERR_WEBHOOK_GONE]
 
 # Job statuses (OpenAI Videos API) and the finer phases of our own.
 QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (

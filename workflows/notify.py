@@ -20,7 +20,7 @@ WEBHOOK_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=10),
     maximum_attempts=0,  # bounded by the schedule-to-close timeout below
-    non_retryable_error_types=["UnsafeWebhookURL", "WebhookRedirect", "WebhookGone"],
+    non_retryable_error_types=c.WEBHOOK_NON_RETRYABLE,
 )
 
 
