@@ -231,3 +231,21 @@ def test_session_stack_admin_key(stack: Stack) -> None:
                   headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
     assert r.status_code == 200
     assert any(q["workers_polling"] >= 1 for q in r.json()["queues"])
+
+
+def test_fleet_gauges_are_dropped_while_temporal_cannot_be_read(
+        pool_app: tuple[TestClient, Settings]) -> None:
+    client, _ = pool_app
+    assert "videogen_workers_polling" in names(parse_metrics(client.get("/metrics").text))
+
+    class Unreadable:
+        async def get(self, *_: object) -> None:
+            raise ConnectionError("temporal unreachable")
+
+    client.app.state.fleet = Unreadable()  # type: ignore[attr-defined]
+    r = client.get("/metrics")
+    assert r.status_code == 200  # the scrape still answers, with the process's own metrics
+    left = names(parse_metrics(r.text))
+    assert "videogen_api_requests_total" in left
+    assert not left & {"videogen_queue_depth", "videogen_workers_polling",
+                       "videogen_estimated_drain_time_seconds"}
