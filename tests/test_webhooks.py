@@ -100,3 +100,17 @@ async def test_delivery_outcomes_by_status(answering: Callable[[int], str], stat
         await _deliver(answering(status))
     assert err.value.type == error_type and err.value.non_retryable is final
     assert error_type in c.WEBHOOK_NON_RETRYABLE or not final
+
+
+async def test_each_delivery_attempt_checks_the_url_again(
+        answering: Callable[[int], str]) -> None:
+    # Accepted at submission (say the host was public then), refused at delivery time: the
+    # delivery ends at once, without a request.
+    acts = WebhookActivities("key", allowed_hosts=frozenset())
+    inp = c.WebhookInput(job_id="video_x", user="u", url=answering(200),
+                         event="video.completed", webhook_id="msg_x", body="{}",
+                         cpu_task_queue="q")
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(acts.deliver_webhook, inp)
+    assert err.value.type == c.ERR_WEBHOOK_UNSAFE and err.value.non_retryable
+    assert "loopback" in err.value.message or "private" in err.value.message
