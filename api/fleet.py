@@ -7,7 +7,7 @@ Per GPU task queue (one per model and pool) and per tier:
   of busy GPU workers (one job per GPU), though it also counts a job in its short encode phase
   and a preempted job waiting for its retry (which is in the backlog too);
 - workers polling: distinct worker identities that polled the queue in the last
-  `POLLER_FRESH_S` seconds, i.e. idle workers (a busy one does not poll; Temporal keeps listing
+  `jobs.POLLER_FRESH_S` seconds, i.e. idle workers (a busy one does not poll; Temporal keeps listing
   a poller for minutes after it stopped, so older entries are dead or busy workers);
 - estimated drain time (the design document's best single health metric):
   backlog at or ahead of the tier's priority x average generation time / GPU workers, where
@@ -25,7 +25,6 @@ import asyncio
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC
 from typing import Any
 
 import structlog
@@ -42,8 +41,6 @@ from videogen.settings import Settings
 log = structlog.get_logger(__name__)
 
 STATS_LAG_S = 5.0
-# An idle worker long-polls for up to a minute, then polls again at once.
-POLLER_FRESH_S = 90.0
 
 QUEUE_DEPTH = Gauge("videogen_queue_depth",
                     "Jobs waiting for a GPU (Temporal backlog; lags ~5 s, excludes running), by "
@@ -108,7 +105,7 @@ def drain_time(backlog_ahead: int, avg_s: float, workers: int) -> float:
 async def snapshot(client: Client, settings: Settings) -> Fleet:
     model = settings.model_spec.name
     pools = [""] + [t for t, p in settings.tiers.items() if p.dedicated_pool]
-    avg = await jobs._average_generation_seconds(client, model)
+    avg = await jobs.average_generation_seconds(client, model)
     queues = await asyncio.gather(*(_queue(client, settings, model, pool, avg)
                                     for pool in pools))
     return Fleet(generated_at=time.time(), stats_lag_s=STATS_LAG_S, queues=list(queues))
@@ -125,9 +122,7 @@ async def _queue(client: Client, settings: Settings, model: str, pool: str,
     tiers = [t for t in settings.tiers if settings.pool_for(t) == pool]
     running = dict(zip(tiers, await asyncio.gather(*(_running(client, model, t) for t in tiers)),
                        strict=True))
-    fresh = time.time() - POLLER_FRESH_S
-    pollers = len({p.identity for p in resp.pollers
-                   if p.last_access_time.ToDatetime(UTC).timestamp() >= fresh})
+    pollers = jobs.fresh_pollers(resp.pollers)
     workers = pollers + sum(running.values())
     loads = []
     for tier in tiers:

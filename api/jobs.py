@@ -12,12 +12,13 @@ import base64
 import binascii
 import time
 import uuid
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import UTC, timedelta
 
 import structlog
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
 from temporalio.api.workflowservice.v1 import (
     DeleteWorkflowExecutionRequest,
     DescribeTaskQueueRequest,
@@ -223,7 +224,7 @@ async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
         f"({c.SA_PRIORITY} = {prio} AND StartTime < '{started}'))")).count
     running = (await client.count_workflows(
         f"{base} AND {c.SA_STATUS} = '{c.IN_PROGRESS}'")).count
-    avg = await _average_generation_seconds(client, str(model))
+    avg = await average_generation_seconds(client, str(model))
     workers = await _pollers(client, gpu_queue) if gpu_queue else 1
     wait = (ahead + running) / max(1, workers) * avg
     return ahead, int(time.time() + wait)
@@ -235,7 +236,7 @@ _AVG_CACHE: dict[str, tuple[float, float]] = {}
 AVG_CACHE_S = 30.0
 
 
-async def _average_generation_seconds(client: Client, model: str) -> float:
+async def average_generation_seconds(client: Client, model: str) -> float:
     """Mean GPU time of the model's last 20 completed jobs (0 if none yet)."""
     cached = _AVG_CACHE.get(model)
     if cached is not None and time.monotonic() - cached[0] < AVG_CACHE_S:
@@ -253,14 +254,26 @@ async def _average_generation_seconds(client: Client, model: str) -> float:
 
 
 async def _pollers(client: Client, queue: str) -> int:
-    """GPU workers polling `queue` recently (Temporal keeps pollers for a few minutes)."""
+    """Idle GPU workers polling `queue` (at least 1: busy workers do not poll)."""
     try:
         resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
             namespace=client.namespace, task_queue=TaskQueue(name=queue),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY))
     except RPCError:
         return 1
-    return len({p.identity for p in resp.pollers}) or 1
+    return fresh_pollers(resp.pollers) or 1
+
+
+# An idle worker long-polls for up to a minute, then polls again at once; Temporal keeps
+# listing a poller for minutes after it stopped (dead, or busy with a job).
+POLLER_FRESH_S = 90.0
+
+
+def fresh_pollers(pollers: Sequence[PollerInfo]) -> int:
+    """Distinct workers among `pollers` that polled within POLLER_FRESH_S: the idle ones."""
+    since = time.time() - POLLER_FRESH_S
+    return len({p.identity for p in pollers
+                if p.last_access_time.ToDatetime(UTC).timestamp() >= since})
 
 
 async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:
