@@ -124,8 +124,6 @@ def wait_with_progress(http: httpx.Client, video_id: str, quiet: bool = False) -
         task = bar.add_task("queued", total=100)
         for _, v in iter_events(http, video_id):
             desc = v["phase"]
-            if v["phase"] == "queued" and v.get("queue_position") is not None:
-                desc = f"queued (position {v['queue_position']})"
             if v["phase"] == "denoising":
                 desc = f"denoising step {v['step']}/{v['total_steps']}"
             if v.get("resumed_from_step") is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,7 +66,6 @@ class TemporalMetrics(Collector):
         # name -> (kind, description, unit, {labels: value})
         self._series: dict[str, tuple[int, str, str, dict[Labels, Any]]] = {}
         self._runtime: Runtime | None = None
-        self._stop = threading.Event()
 
     def runtime(self) -> Runtime:
         """The process's Temporal runtime, recording into this collector's buffer."""
@@ -77,7 +77,8 @@ class TemporalMetrics(Collector):
 
     def _drain_forever(self) -> None:
         # Drained even when nobody scrapes, so the buffer never fills and drops updates.
-        while not self._stop.wait(DRAIN_INTERVAL_S):
+        while True:
+            time.sleep(DRAIN_INTERVAL_S)
             self.drain()
 
     def drain(self) -> None:
