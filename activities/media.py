@@ -11,17 +11,25 @@ Determinism is why this module does things a plain "write an MP4" helper would n
 
 * RGB -> YUV 4:2:0 is done here in integer numpy arithmetic instead of by swscale, whose SIMD
   paths and slice threading are not guaranteed bit-exact across CPUs and builds.
-* libx264 runs single-threaded with a fixed preset/CRF; the muxer runs with ``+bitexact`` so
-  no library version string is written, and no creation_time is ever set (the muxer writes 0).
+* The encoder's input frames are fully written, padding included: no byte the encoder could
+  read comes from uninitialised memory.
+* libx264 runs single-threaded (thread count 1, no slice threads, no lookahead threads) with a
+  fixed preset/CRF, and with one pinned set of SIMD functions (`videogen.hostcpu.x264_asm`):
+  x264's floating-point MB-tree functions round differently per instruction set.
+* The muxer runs with ``+bitexact`` so no library version string is written, and no
+  creation_time is ever set (the muxer writes 0).
 * Pillow encoders get fixed settings and no metadata (no EXIF, no timestamps).
 
-Same frames + same library builds (our container image) -> same bytes, in any process.
+Same frames + same PyAV/FFmpeg build -> same bytes, in any process, under any load; the pinned
+x264 functions are meant to extend that across x86-64-v3 CPUs (README "Determinism" says what
+was measured).
 
 Frames everywhere are ``numpy.uint8`` arrays of shape ``(T, H, W, 3)``, RGB.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -36,6 +44,8 @@ from av.container import InputContainer
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
+from videogen.hostcpu import x264_asm
+
 __all__ = [
     "MP4_CODEC",
     "MP4_CRF",
@@ -47,6 +57,7 @@ __all__ = [
     "decode_mp4",
     "encode_mp4",
     "frames_from_bytes",
+    "frames_sha256",
     "frames_to_bytes",
     "make_spritesheet",
     "make_thumbnail",
@@ -132,6 +143,16 @@ def frames_to_bytes(frames: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def frames_sha256(frames: np.ndarray) -> str:
+    """sha256 of the frames' raw RGB bytes: frame after frame, row after row, ``T*H*W*3`` bytes.
+
+    The identity of a generation's output, independent of any container or encoder: two runs
+    (one resumed, say) made the same video exactly when these are equal.
+    """
+    _check_frames(frames)
+    return hashlib.sha256(np.ascontiguousarray(frames).data).hexdigest()
+
+
 def frames_from_bytes(data: bytes) -> np.ndarray:
     """Inverse of :func:`frames_to_bytes`; rejects anything that is not uint8 ``(T, H, W, 3)``."""
     try:
@@ -191,12 +212,42 @@ def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.concatenate(planes).reshape(h * 3 // 2, w)
 
 
+def _x264_options() -> dict[str, str]:
+    params = "threads=1:lookahead-threads=1:sliced-threads=0"
+    asm = x264_asm()
+    if asm is not None:
+        params += f":asm={asm}"
+    return {"preset": MP4_PRESET, "crf": str(MP4_CRF), "x264-params": params}
+
+
+def _yuv420p_frame(yuv: np.ndarray) -> av.VideoFrame:
+    """A yuv420p frame from :func:`_rgb_to_yuv420p`'s layout, every buffer byte written.
+
+    PyAV's ``from_ndarray`` leaves the bytes between a row's end and the next line (alignment
+    padding, e.g. 8 of every 80 chroma bytes at 144 pixels wide) as whatever the allocator
+    returned. SIMD code may read whole vectors past a row's end; zeroed, those bytes are the
+    same in every process.
+    """
+    rows, w = yuv.shape
+    h = rows * 2 // 3
+    frame = av.VideoFrame(w, h, MP4_PIX_FMT)
+    flat = yuv.reshape(-1)
+    start = 0
+    for plane in frame.planes:
+        size = plane.width * plane.height
+        padded = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        padded[:, : plane.width] = flat[start : start + size].reshape(plane.height, plane.width)
+        plane.update(padded.data)
+        start += size
+    return frame
+
+
 def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     """Encode RGB frames as an H.264/yuv420p MP4 with the moov atom first (``+faststart``).
 
     Byte-for-byte deterministic: the same frames and fps give the same bytes in any process
-    running the same PyAV/FFmpeg/x264 build. Height and width must be even (4:2:0 chroma).
-    The result decodes to exactly ``T`` frames lasting ``T / fps`` seconds.
+    running the same PyAV/FFmpeg build (module docstring). Height and width must be even (4:2:0
+    chroma). The result decodes to exactly ``T`` frames lasting ``T / fps`` seconds.
     """
     _check_frames(frames)
     if isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0:
@@ -220,31 +271,23 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
             options={"movflags": "+faststart", "fflags": "+bitexact"},
         )
         try:
-            stream = container.add_stream(
-                MP4_CODEC,
-                rate=fps,
-                options={
-                    "preset": MP4_PRESET,
-                    "crf": str(MP4_CRF),
-                    # x264's output depends on its thread count, and the default ("auto")
-                    # follows the machine's core count; one thread makes it machine-independent.
-                    "threads": "1",
-                },
-            )
+            stream = container.add_stream(MP4_CODEC, rate=fps, options=_x264_options())
             stream.width = w
             stream.height = h
             stream.pix_fmt = MP4_PIX_FMT
             stream.time_base = time_base
             cc = stream.codec_context
             cc.time_base = time_base
+            # PyAV defaults to "as many threads as CPUs, slice threading"; x264's output
+            # depends on both, so say one thread here as well as in x264's own parameters.
+            cc.thread_count = 1
+            cc.thread_type = "NONE"
             cc.colorspace = Colorspace.ITU709
             cc.color_range = ColorRange.MPEG
             cc.color_primaries = ColorPrimaries.BT709
             cc.color_trc = ColorTrc.BT709
             for i in range(t):
-                frame = av.VideoFrame.from_ndarray(
-                    _rgb_to_yuv420p(np.ascontiguousarray(frames[i])), format=MP4_PIX_FMT
-                )
+                frame = _yuv420p_frame(_rgb_to_yuv420p(np.ascontiguousarray(frames[i])))
                 frame.colorspace = Colorspace.ITU709
                 frame.color_range = ColorRange.MPEG
                 frame.pts = i
