@@ -6,7 +6,8 @@ worker continues exactly where an earlier one stopped and produces the same bits
 - one safetensors file holding every tensor (latents, prompt embeddings, the scheduler's
   multistep history, the generator's state) and, in its header, a JSON manifest: format version,
   job, attempt, next step, run parameters, model name and weights hash, scheduler class, config
-  and scalar state, library versions, device and torch thread count;
+  and scalar state, library versions, device, torch thread count and, for CPU runs, the
+  instruction sets that chose the kernels (`cpu_kernels`);
 - a `checksum` in the manifest: sha256 over the rest of the manifest and every tensor's name,
   dtype, shape and bytes, so a file is self-verifying even without the sha256 of its bytes that
   the heartbeat carries;
@@ -42,7 +43,7 @@ import torch
 
 from activities.pipeline import DenoiseState, GenerationParams, LoadedModel
 from videogen import contracts as c
-from videogen import metrics
+from videogen import hostcpu, metrics
 from videogen.checkpoint_policy import CheckpointPolicy  # noqa: F401 - re-exported
 from videogen.storage import NotFound, ObjectStore
 
@@ -245,7 +246,17 @@ def device_name(device: str) -> str:
     """What kind of chip ran the steps: bit-exact resume needs the same kind."""
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return "cpu"
+    return f"cpu ({hostcpu.model_name()})"
+
+
+@functools.cache
+def cpu_kernels() -> dict[str, object]:
+    """What picks torch's CPU kernels here: ATen's dispatch level and the CPU's instruction sets.
+
+    A CPU run's bits depend on these (AVX-512 and AVX2 kernels sum in other orders), and no
+    setting pins ATen, oneDNN and MKL alike, so a resume across them is refused instead.
+    """
+    return {"aten": torch.backends.cpu.get_cpu_capability(), **hostcpu.instruction_sets()}
 
 
 def _checksum(manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
@@ -275,6 +286,7 @@ def encode(snap: Snapshot, model: LoadedModel) -> bytes:
         "num_threads": snap.num_threads,
         "device": snap.device,
         "device_name": device_name(snap.device),
+        "cpu_kernels": cpu_kernels(),
         "versions": library_versions(),
         "created_at": datetime.now(UTC).isoformat(),
     }
@@ -328,9 +340,14 @@ def decode(data: bytes, expected_sha256: str | None = None) -> Checkpoint:
             f"{FORMAT_VERSION}"
         )
     try:
-        tensors = safetensors.torch.load(data)
+        loaded = safetensors.torch.load(data)
     except Exception as err:  # safetensors raises its own error types for bad bytes
         raise CheckpointCorrupt(f"tensor data unreadable: {err}") from err
+    # safetensors' tensors are views into Python bytes objects, 16-byte aligned at best and at
+    # an offset that varies per process. MKL documents that its results may depend on its
+    # inputs' alignment, so every restored tensor gets torch's own (64-byte aligned) memory, as
+    # an uninterrupted run's tensors have.
+    tensors = {name: t.clone() for name, t in loaded.items()}
     if manifest.get("checksum") != _checksum(manifest, tensors):
         raise CheckpointCorrupt("checksum does not match the contents")
     return Checkpoint(manifest=manifest, tensors=tensors)
@@ -367,6 +384,12 @@ def check_compatible(ckpt: Checkpoint, model: LoadedModel, params: GenerationPar
         raise CheckpointIncompatible(
             f"written with {m.get('num_threads')} torch threads, this worker runs {num_threads}; "
             "give every worker the same VIDEOGEN_TORCH_THREADS"
+        )
+    if model.device == "cpu" and m.get("cpu_kernels") != cpu_kernels():
+        raise CheckpointIncompatible(
+            f"written on a CPU whose kernels differ ({m.get('cpu_kernels')}) from this "
+            f"worker's ({cpu_kernels()}): the rest would compute other bits; run CPU workers "
+            "of one kind per task queue"
         )
     warnings = []
     here = device_name(model.device)

@@ -80,6 +80,25 @@ def test_resume_at_every_step_equals_an_uninterrupted_run(model: pipeline.Loaded
         assert torch.equal(_finish(model, resumed), reference), f"resume at step {k} differs"
 
 
+def test_restored_tensors_live_in_aligned_memory_of_their_own(
+        model: pipeline.LoadedModel) -> None:
+    """safetensors hands out views into bytes objects at process-dependent offsets; the state a
+    resume computes from has torch's own 64-byte aligned memory, like an uninterrupted run's."""
+    params = _params()
+    state = checkpoint.restore(model, checkpoint.decode(_file(model, _run_to(model, params, 3))),
+                               params)
+    tensors = {"latents": state.latents, "prompt_embeds": state.prompt_embeds,
+               "negative_prompt_embeds": state.negative_prompt_embeds}
+    tensors.update({f"scheduler.{k}": v for k, v in vars(state.scheduler).items()
+                    if isinstance(v, torch.Tensor)})
+    tensors.update({f"scheduler.model_outputs[{i}]": v
+                    for i, v in enumerate(state.scheduler.model_outputs)
+                    if isinstance(v, torch.Tensor)})
+    assert len(tensors) > 4
+    for name, t in tensors.items():
+        assert t is not None and t.data_ptr() % 64 == 0, f"{name} at {t.data_ptr() % 64} mod 64"
+
+
 def test_naive_resume_from_latents_only_is_wrong(model: pipeline.LoadedModel) -> None:
     """Guards the test above: restoring just the latents (fresh scheduler) changes the video,
     so equality there really depends on the scheduler state being restored."""
@@ -98,6 +117,9 @@ def test_manifest_records_what_a_resume_must_match(model: pipeline.LoadedModel) 
     assert m["job_id"] == JOB and m["next_step"] == 3 and m["total_steps"] == 8
     assert m["model"] == {"name": "videogen-tiny", "weights_hash": model.weights_hash}
     assert m["num_threads"] == torch.get_num_threads()
+    assert m["cpu_kernels"] == checkpoint.cpu_kernels()
+    assert m["cpu_kernels"]["aten"] == torch.backends.cpu.get_cpu_capability()
+    assert m["device_name"].startswith("cpu (")
     assert m["scheduler"]["class"] == "UniPCMultistepScheduler"
     assert {"torch", "diffusers", "transformers", "safetensors"} <= set(m["versions"])
     assert m["params"]["prompt"] == "a red kite" and m["params"]["seed"] == 11
@@ -133,6 +155,11 @@ def test_incompatible_checkpoints_are_refused(model: pipeline.LoadedModel) -> No
                                     num_threads=threads)
     with pytest.raises(CheckpointIncompatible, match="threads"):
         checkpoint.check_compatible(ckpt, model, params, job_id=JOB, num_threads=threads + 1)
+    # Written where torch's CPU kernels are the AVX-512 ones: the rest would compute other bits.
+    avx512 = {**ckpt.manifest["cpu_kernels"], "aten": "AVX512", "flags": ["avx512f"]}
+    elsewhere = checkpoint.Checkpoint({**ckpt.manifest, "cpu_kernels": avx512}, ckpt.tensors)
+    with pytest.raises(CheckpointIncompatible, match="kernels differ"):
+        checkpoint.check_compatible(elsewhere, model, params, job_id=JOB, num_threads=threads)
     other = dataclasses.replace(model, weights_hash="0" * 64)
     with pytest.raises(CheckpointIncompatible, match="weights"):
         checkpoint.check_compatible(ckpt, other, params, job_id=JOB, num_threads=threads)
