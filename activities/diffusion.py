@@ -37,7 +37,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import checkpoint, pipeline
 from activities.checkpoint import CheckpointPolicy, CheckpointRef, CheckpointWriter
-from activities.media import frames_to_bytes
+from activities.media import frames_sha256, frames_to_bytes
 from videogen import contracts as c
 from videogen import metrics
 from videogen.storage import ObjectStore
@@ -168,7 +168,7 @@ class DiffusionActivities:
                         run.preempt.set()
                     activity.heartbeat(run.details())
                     await signaller.send(run.progress)
-                data = work.result()
+                result = work.result()
             except asyncio.CancelledError:
                 details = activity.cancellation_details()
                 if details is None or details.cancel_requested or not details.worker_shutdown:
@@ -178,11 +178,11 @@ class DiffusionActivities:
                 # hand the job over with a checkpoint rather than drop the state.
                 run.preempt.set()
                 await _wait_uninterrupted(work)
-                data = work.result()
+                result = work.result()
             except pipeline.PoisonedStateError as err:
                 raise await self._poisoned(run, err, logger) from err
             await _uninterruptible(asyncio.to_thread(run.writer.drain))
-            if data is None:
+            if result is None:
                 await self._preempted(run, logger)
             # A stale attempt (timed out and retried elsewhere, then back to life) must not
             # publish: Temporal would reject its completion anyway, but its write would be waste.
@@ -191,7 +191,8 @@ class DiffusionActivities:
                 raise ApplicationError("this attempt was superseded by a retry; result discarded",
                                        type="StaleAttempt")
             key = c.frames_key(req.job_id, attempt)
-            assert data is not None
+            assert result is not None
+            data, digest = result
             # Uninterruptible, so that a cancel arriving now cannot report the attempt over
             # while the write goes on (the workflow's cleanup would run before it lands).
             await _uninterruptible(asyncio.to_thread(self._store.put, key, data))
@@ -208,12 +209,14 @@ class DiffusionActivities:
         elapsed = time.monotonic() - started
         metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
         logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
+                    frames_sha256=digest,
                     resumed_from_step=run.progress.resumed_from,
                     wasted_steps=run.progress.wasted,
                     checkpoints=run.writer.stats.written,
                     checkpoint_failures=run.writer.stats.failed)
         return c.GenerateOutput(
             frames_key=key,
+            frames_sha256=digest,
             num_frames=req.num_frames,
             width=req.width,
             height=req.height,
@@ -230,8 +233,9 @@ class DiffusionActivities:
     # -- the denoising thread -------------------------------------------------------------------
 
     def _work(self, run: _Run, params: pipeline.GenerationParams,
-              logger: structlog.typing.FilteringBoundLogger) -> bytes | None:
-        """Resume or start, denoise with checkpoints, decode. None: stopped for preemption."""
+              logger: structlog.typing.FilteringBoundLogger) -> tuple[bytes, str] | None:
+        """Resume or start, denoise with checkpoints, decode: the frames as stored (`.npy`)
+        and their `frames_sha256`. None: stopped for preemption."""
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("a generation is already running on this GPU")
         metrics.BUSY.begin()
@@ -264,7 +268,8 @@ class DiffusionActivities:
             run.state = state
             # 3. Decode.
             p.phase = c.PHASE_DECODING
-            return frames_to_bytes(pipeline.decode(model, state))
+            frames = pipeline.decode(model, state)
+            return frames_to_bytes(frames), frames_sha256(frames)
         finally:
             metrics.BUSY.end()
             self._busy.release()
@@ -326,7 +331,7 @@ class DiffusionActivities:
 
     # -- endings -------------------------------------------------------------------------------
 
-    async def _cancelled(self, run: _Run, work: asyncio.Future[bytes | None],
+    async def _cancelled(self, run: _Run, work: asyncio.Future[tuple[bytes, str] | None],
                          details: activity.ActivityCancellationDetails | None,
                          logger: structlog.typing.FilteringBoundLogger) -> None:
         """Stop the loop at the next step and wait for it and for an upload in flight, so the

@@ -11,10 +11,11 @@ import hashlib
 
 import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import media
 from videogen import contracts as c
-from videogen.storage import ObjectStore
+from videogen.storage import AlreadyExists, ObjectStore
 
 log = structlog.get_logger(__name__)
 
@@ -29,16 +30,20 @@ class PostprocessActivities:
 
     def _encode(self, inp: c.EncodeInput) -> c.EncodeOutput:
         frames = media.frames_from_bytes(self._store.get(inp.frames_key))
-        video = media.encode_mp4(frames, inp.fps)
+        digest = media.frames_sha256(frames)
+        if inp.frames_sha256 and digest != inp.frames_sha256:
+            raise ApplicationError(
+                f"frames {inp.frames_key!r} hash to {digest[:12]}…, the GPU attempt made "
+                f"{inp.frames_sha256[:12]}…: the stored copy is damaged",
+                type=c.ERR_FRAMES_CORRUPT, non_retryable=True)
         prefix = c.outputs_prefix(inp.job_id)
         keys = {variant: prefix + name for variant, (name, _) in c.VARIANTS.items()}
-        # Encoding is deterministic, so a retried encode rewrites the same bytes: no conflict.
-        self._store.put(keys["video"], video)
-        self._store.put(keys["thumbnail"], media.make_thumbnail(frames))
-        self._store.put(keys["spritesheet"], media.make_spritesheet(frames))
+        video = self._publish(keys["video"], media.encode_mp4(frames, inp.fps))
+        self._publish(keys["thumbnail"], media.make_thumbnail(frames))
+        self._publish(keys["spritesheet"], media.make_spritesheet(frames))
         t, h, w, _ = frames.shape
         log.info("video encoded", job_id=inp.job_id, model=inp.model, bytes=len(video),
-                 frames=t)
+                 frames=t, frames_sha256=digest)
         return c.EncodeOutput(
             video_key=keys["video"],
             thumbnail_key=keys["thumbnail"],
@@ -50,7 +55,26 @@ class PostprocessActivities:
             height=h,
             fps=inp.fps,
             duration_s=t / inp.fps,
+            frames_sha256=digest,
         )
+
+    def _publish(self, key: str, data: bytes) -> bytes:
+        """Write `data` unless the key exists; either way, return the bytes that are stored.
+
+        Write-once, so a published file never changes: a retry whose first attempt stored the
+        file (its completion lost on the way to Temporal), or one running on an encoder build
+        that writes other bytes, reports what is there instead of replacing it.
+        """
+        try:
+            self._store.put(key, data, if_absent=True)
+        except AlreadyExists:
+            stored = self._store.get(key)
+            if stored != data:
+                log.warning("published file kept; this encode gave other bytes", key=key,
+                            stored_sha256=hashlib.sha256(stored).hexdigest(),
+                            new_sha256=hashlib.sha256(data).hexdigest())
+            return stored
+        return data
 
     @activity.defn(name=c.ACTIVITY_CLEANUP)
     async def cleanup_job(self, inp: c.CleanupInput) -> int:

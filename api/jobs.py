@@ -193,6 +193,8 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
             video.attempt = result.attempt
             video.resumed_from_step = result.resumed_from_step
             video.wasted_steps = result.wasted_steps
+            video.frames_sha256 = result.video.frames_sha256 or None
+            video.video_sha256 = result.video.video_sha256
     elif status == WorkflowExecutionStatus.CANCELED:
         video.status = video.phase = c.CANCELLED
     else:

@@ -87,6 +87,12 @@ class Video(BaseModel):
     # Queued jobs only: jobs ahead of this one, and when it should start (Unix time).
     queue_position: int | None = None
     estimated_start_at: int | None = None
+    frames_sha256: str | None = Field(
+        None, description="Completed jobs: sha256 of the generated frames' raw RGB bytes. Equal "
+        "for two jobs exactly when they made the same video (a resumed and an uninterrupted "
+        "run of one request, say), whatever the encoder does.")
+    video_sha256: str | None = Field(
+        None, description="Completed jobs: sha256 of the MP4 that GET /content serves.")
     seed: int
     negative_prompt: str = ""
     metadata: dict[str, str] = Field(default_factory=dict)

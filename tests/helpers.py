@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from typing import Any
@@ -59,19 +61,53 @@ def wait_for(api: httpx.Client, video_id: str, statuses: tuple[str, ...] = (
     raise AssertionError(f"{video_id} did not reach {statuses} in {timeout_s}s: {v}")
 
 
-def reference_mp4(body: dict[str, Any]) -> bytes:
-    """The MP4 an uninterrupted run of this request gives, computed in this process."""
-    from activities import media, pipeline
+def reference_frames(body: dict[str, Any]) -> Any:
+    """The frames an uninterrupted run of this request gives, computed in this process once."""
+    key = json.dumps(body, sort_keys=True)
+    if key not in _FRAMES:
+        _FRAMES[key] = _generate(body)
+    return _FRAMES[key]
+
+
+_FRAMES: dict[str, Any] = {}
+
+
+def _generate(body: dict[str, Any]) -> Any:
+    from activities import pipeline
     from videogen import catalog
 
     req = {"prompt": "a lighthouse in a storm", **SMALL, **body}
     spec = catalog.TINY_SPEC
     width, height = (int(v) for v in req["size"].split("x"))
-    frames = pipeline.generate(_tiny_model(), pipeline.GenerationParams(
+    return pipeline.generate(_tiny_model(), pipeline.GenerationParams(
         prompt=req["prompt"], negative_prompt=req.get("negative_prompt", ""), seed=req["seed"],
         width=width, height=height, num_frames=spec.num_frames(int(req["seconds"])),
         num_inference_steps=req["num_inference_steps"], guidance_scale=spec.guidance_scale))
-    return media.encode_mp4(frames, spec.fps)
+
+
+def reference_mp4(body: dict[str, Any]) -> bytes:
+    """The MP4 an uninterrupted run of this request gives, computed in this process."""
+    from activities import media
+    from videogen import catalog
+
+    return media.encode_mp4(reference_frames(body), catalog.TINY_SPEC.fps)
+
+
+def assert_reference_video(api: httpx.Client, job_id: str, body: dict[str, Any]) -> None:
+    """The job made exactly the uninterrupted run's video: first the frames (generation), then
+    the MP4 bytes (encoding), and the stored MP4 is the one its result names."""
+    from activities import media
+    from videogen import catalog
+
+    frames = reference_frames(body)
+    v = api.get(f"/v1/videos/{job_id}").json()
+    assert v["frames_sha256"] == media.frames_sha256(frames), (
+        f"{job_id}: generated frames differ from the uninterrupted reference")
+    content = api.get(f"/v1/videos/{job_id}/content").content
+    assert hashlib.sha256(content).hexdigest() == v["video_sha256"], (
+        f"{job_id}: the stored MP4 is not the one the job's result names")
+    assert content == media.encode_mp4(frames, catalog.TINY_SPEC.fps), (
+        f"{job_id}: same frames, but the MP4 bytes differ from this process's encode")
 
 
 _MODEL: list[Any] = []

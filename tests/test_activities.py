@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,8 @@ async def test_generate_stores_frames_under_the_attempt_key(model: pipeline.Load
     # The CPU side turns them into the three outputs; cleanup removes the frames only.
     post = PostprocessActivities(store)
     enc = await ActivityEnvironment().run(post.encode_video, c.EncodeInput(
-        job_id="video_unit", frames_key=out.frames_key, fps=8))
+        job_id="video_unit", frames_key=out.frames_key, fps=8, frames_sha256=out.frames_sha256))
+    assert out.frames_sha256 == enc.frames_sha256 == media.frames_sha256(direct)
     assert media.probe_mp4(store.get(enc.video_key)).frames == 9
     assert enc.duration_s == pytest.approx(9 / 8)
     assert store.list(c.checkpoints_prefix("video_unit")), "the default policy checkpoints"
@@ -67,6 +69,40 @@ async def test_generate_stores_frames_under_the_attempt_key(model: pipeline.Load
     assert removed >= 2
     assert store.list("frames/") == [] and store.list("checkpoints/") == []
     assert len(store.list("videos/video_unit/")) == 3
+
+
+async def test_a_published_video_never_changes(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encode retried after its first attempt stored the outputs (its completion lost), on
+    an encoder that writes other bytes: the stored files stay, and the result names them."""
+    store = FileStore(tmp_path)
+    frames = np.random.default_rng(5).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    store.put("frames/video_once/attempt-1.npy", media.frames_to_bytes(frames))
+    post = PostprocessActivities(store)
+    inp = c.EncodeInput(job_id="video_once", frames_key="frames/video_once/attempt-1.npy", fps=8,
+                        frames_sha256=media.frames_sha256(frames))
+    first = await ActivityEnvironment().run(post.encode_video, inp)
+    published = {key: store.get(key) for key in store.list("videos/video_once/")}
+    assert len(published) == 3
+
+    monkeypatch.setattr(media, "encode_mp4", lambda f, fps: b"other bytes")
+    monkeypatch.setattr(media, "make_thumbnail", lambda f: b"other thumbnail")
+    retried = await ActivityEnvironment().run(post.encode_video, inp)
+    assert {key: store.get(key) for key in store.list("videos/video_once/")} == published
+    assert retried == first
+    assert hashlib.sha256(store.get(retried.video_key)).hexdigest() == retried.video_sha256
+
+
+async def test_damaged_frames_fail_the_encode_for_good(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    frames = np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    store.put("frames/video_bad/attempt-1.npy", media.frames_to_bytes(frames))
+    inp = c.EncodeInput(job_id="video_bad", frames_key="frames/video_bad/attempt-1.npy", fps=8,
+                        frames_sha256="0" * 64)
+    with pytest.raises(ApplicationError, match="damaged") as err:
+        await ActivityEnvironment().run(PostprocessActivities(store).encode_video, inp)
+    assert err.value.type == c.ERR_FRAMES_CORRUPT and err.value.non_retryable
+    assert store.list("videos/video_bad/") == []
 
 
 @pytest.mark.parametrize(("override", "fragment"), [

@@ -18,8 +18,8 @@ from helpers import (
     EVERY_STEPS,
     JOB,
     api_client,
+    assert_reference_video,
     preemption_env,
-    reference_mp4,
     submit,
     wait_for,
     wait_step,
@@ -70,7 +70,9 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3ser
 
         # Storage does not touch the media: the same job on the file:// stack gives same bytes.
         ref = submit(api, seed=77)
-        assert wait_for(api, ref["id"])["status"] == "completed"
+        done = wait_for(api, ref["id"])
+        assert done["status"] == "completed"
+        assert done["frames_sha256"] == s3_api.get(f"/v1/videos/{v['id']}").json()["frames_sha256"]
         assert api.get(f"/v1/videos/{ref['id']}/content").content == video
 
         # Delete removes the objects from the bucket.
@@ -103,8 +105,7 @@ async def test_preempted_job_resumes_from_checkpoints_in_s3(
         v = wait_for(s3_api, job)
         assert v["status"] == "completed" and v["attempt"] == 3
         assert v["resumed_from_step"] >= 30 - EVERY_STEPS - 1
-        assert s3_api.get(f"/v1/videos/{job}/content").content == reference_mp4(
-            {**JOB, "seed": 105})
+        assert_reference_video(s3_api, job, {**JOB, "seed": 105})
         for prefix in (c.checkpoints_prefix(job), c.frames_prefix(job)):
             assert s3.list_objects_v2(Bucket=bucket, Prefix=f"videogen/{prefix}").get(
                 "KeyCount") == 0

@@ -21,9 +21,9 @@ from helpers import (
     HEARTBEAT_TIMEOUT_S,
     JOB,
     api_client,
+    assert_reference_video,
     gpu_metrics,
     preemption_env,
-    reference_mp4,
     scrape,
     value,
     wait_for,
@@ -122,7 +122,7 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
     assert value(m, "videogen_preemption_recovery_seconds_count") >= 1
     assert 0 < value(m, "videogen_preemption_recovery_seconds_sum") < 10.0 * value(
         m, "videogen_preemption_recovery_seconds_count")
-    assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4({**JOB, "seed": 101})
+    assert_reference_video(papi, job, {**JOB, "seed": 101})
     assert_nothing_left(pstack, job)
     pstack.check()  # the supervisor brings the stopped worker back
 
@@ -149,7 +149,7 @@ async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_time
     assert value(m, "videogen_lease_expirations_total") == expired + 1
     assert value(m, "videogen_preemption_recovery_seconds_bucket", le="2.5") < value(
         m, "videogen_preemption_recovery_seconds_bucket", le="+Inf")
-    assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4({**JOB, "seed": 102})
+    assert_reference_video(papi, job, {**JOB, "seed": 102})
     assert_nothing_left(pstack, job)
     pstack.check()
 
@@ -169,7 +169,7 @@ async def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     v = wait_for(papi, job)
     assert v["status"] == "completed"
     assert f"step-{v['resumed_from_step']:06d}" in previous
-    assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4({**JOB, "seed": 103})
+    assert_reference_video(papi, job, {**JOB, "seed": 103})
     log = (pstack.log_dir / "gpu-worker-0.log").read_text() + (
         pstack.log_dir / "gpu-worker-1.log").read_text()
     # Refused by the heartbeat's sha256 (or, found by listing, by its own checksum).
@@ -188,8 +188,7 @@ async def test_a_stale_attempt_that_wakes_up_never_publishes(
     finally:
         os.kill(pid, signal.SIGCONT)
     assert v["status"] == "completed" and v["attempt"] == 2
-    expected = reference_mp4({**JOB, "seed": 104})
-    assert papi.get(f"/v1/videos/{job}/content").content == expected
+    assert_reference_video(papi, job, {**JOB, "seed": 104})
     # The stale attempt learns at its next heartbeat that it was superseded and discards its
     # work: nothing of it appears, the published video stays the accepted attempt's.
     log_path = pstack.log_dir / f"{worker_child(pstack, pid).name}.log"
@@ -198,7 +197,7 @@ async def test_a_stale_attempt_that_wakes_up_never_publishes(
         time.sleep(0.2)
     assert "stale attempt discarded" in log_path.read_text()
     assert_nothing_left(pstack, job)
-    assert papi.get(f"/v1/videos/{job}/content").content == expected
+    assert_reference_video(papi, job, {**JOB, "seed": 104})
     assert worker_child(pstack, pid).process.poll() is None  # and the worker serves on
 
 
@@ -238,8 +237,7 @@ async def test_chaos_every_job_completes_once_and_identical(
     for job, seed in jobs.items():
         v = wait_for(papi, job, timeout_s=120)
         assert v["status"] == "completed", v
-        assert papi.get(f"/v1/videos/{job}/content").content == reference_mp4(
-            {**JOB, "seed": seed}), f"{job} differs from its uninterrupted reference"
+        assert_reference_video(papi, job, {**JOB, "seed": seed})
         # SIGTERM loses nothing; SIGKILL at most one interval plus the step being uploaded.
         hard = kills[job].count("SIGKILL")
         assert v["wasted_steps"] <= hard * (EVERY_STEPS + 1), (v, kills[job])

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import pytest_asyncio
 from helpers import (
+    assert_reference_video,
     direct_request,
     gpu_worker_settings,
-    reference_mp4,
     submit,
     wait_for,
     wait_step,
@@ -142,7 +142,7 @@ async def test_spot_notice_hands_the_job_over_and_stops_the_worker(
     assert v["resumed_from_step"] >= 5 and v["wasted_steps"] == 0
     body = {"size": "128x128", "seconds": 1, "num_inference_steps": 100, "seed": 8,
             "prompt": "direct start"}
-    assert api.get(f"/v1/videos/{req.job_id}/content").content == reference_mp4(body)
+    assert_reference_video(api, req.job_id, body)
 
 
 async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
@@ -183,4 +183,4 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
     assert v["resumed_from_step"] == 6
     body = {"size": "64x64", "seconds": 1, "num_inference_steps": 10, "seed": 7,
             "prompt": "direct start"}
-    assert api.get(f"/v1/videos/{req.job_id}/content").content == reference_mp4(body)
+    assert_reference_video(api, req.job_id, body)

@@ -48,6 +48,8 @@ NON_RETRYABLE_ERRORS = [ERR_INVALID_INPUT, ERR_MODEL_MISMATCH]
 ERR_WORKER_SHUTDOWN = "WorkerShutdown"
 ERR_POISONED = "PoisonedState"
 ERR_STORE_UNAVAILABLE = "StoreUnavailable"
+# The stored frames are not the ones the GPU attempt hashed: re-encoding cannot mend that.
+ERR_FRAMES_CORRUPT = "FramesCorrupt"
 # Webhook deliveries: these end a delivery at once; any other failure retries for a day.
 ERR_WEBHOOK_UNSAFE = "UnsafeWebhookURL"
 ERR_WEBHOOK_REDIRECT = "WebhookRedirect"
@@ -173,6 +175,9 @@ class GenerateOutput:
     # job's wait); model_load_seconds: how long that worker took to load it.
     warm: bool = True
     model_load_seconds: float = 0.0
+    # sha256 of the frames' raw RGB bytes (activities.media.frames_sha256): equal for two runs
+    # exactly when they made the same video, whatever the MP4 encoder does with it.
+    frames_sha256: str = ""
 
 
 @dataclass
@@ -181,6 +186,8 @@ class EncodeInput:
     frames_key: str
     fps: int
     model: str = ""  # for the log lines of the job's work
+    # The GPU attempt's frames_sha256: the encoder checks the frames it reads against it.
+    frames_sha256: str = ""
 
 
 @dataclass
@@ -195,6 +202,7 @@ class EncodeOutput:
     height: int
     fps: int
     duration_s: float
+    frames_sha256: str = ""
 
 
 @dataclass

@@ -116,7 +116,7 @@ class VideoGeneration:
             encoded = await workflow.execute_activity(
                 c.ACTIVITY_ENCODE,
                 c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps,
-                              model=req.model),
+                              model=req.model, frames_sha256=gen.frames_sha256),
                 result_type=c.EncodeOutput,
                 task_queue=req.cpu_task_queue,
                 start_to_close_timeout=timedelta(minutes=10),
