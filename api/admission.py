@@ -22,6 +22,7 @@ from api import jobs
 from api.errors import ApiError
 from api.schemas import CreateVideoBody
 from videogen import contracts as c
+from videogen import visibility as vis
 from videogen.settings import ApiKey, TierPolicy
 from videogen.storage import ObjectStore
 
@@ -90,28 +91,22 @@ def _deleted() -> ApiError:
 
 async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> None:
     """429 with Retry-After if a submission now would exceed one of the tier's limits."""
-    user = f"{c.SA_USER} = '{key.user}'"
-    tier = f"{c.SA_TIER} = '{key.tier}'"
-    running = "ExecutionStatus = 'Running'"
+    user = vis.eq(c.SA_USER, key.user)
+    tier = vis.eq(c.SA_TIER, key.tier)
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    recent = f"StartTime > {vis.literal(since)}"
     checks = [
-        ("user_concurrent", policy.user_concurrent, f"{user} AND {running}",
+        ("user_concurrent", policy.user_concurrent, vis.jobs(user, status="Running"),
          f"{{n}} queued or running jobs for user {key.user!r}"),
-        ("user_per_minute", policy.user_per_minute, user,
+        ("user_per_minute", policy.user_per_minute, vis.jobs(user, recent),
          f"{{n}} submissions per minute for user {key.user!r}"),
-        ("tier_concurrent", policy.tier_concurrent, f"{tier} AND {running}",
+        ("tier_concurrent", policy.tier_concurrent, vis.jobs(tier, status="Running"),
          f"{{n}} queued or running jobs for tier {key.tier!r}"),
-        ("tier_per_minute", policy.tier_per_minute, tier,
+        ("tier_per_minute", policy.tier_per_minute, vis.jobs(tier, recent),
          f"{{n}} submissions per minute for tier {key.tier!r}"),
     ]
     # All counts at once (one round trip of latency, not four), judged in the order above.
-    since = datetime.now(UTC) - timedelta(minutes=1)
-    active = []
-    for name, limit, where, what in checks:
-        if limit:
-            query = f"WorkflowType = '{c.WORKFLOW_NAME}' AND {where}"
-            if name.endswith("per_minute"):
-                query += f" AND StartTime > '{since.isoformat()}'"
-            active.append((name, limit, query, what))
+    active = [check for check in checks if check[1]]
     try:
         counts = await asyncio.gather(*(client.count_workflows(q) for _, _, q, _ in active))
         for (name, limit, query, what), count in zip(active, counts, strict=True):

@@ -49,6 +49,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.errors import ApiError
 from api.schemas import Video, VideoError
 from videogen import contracts as c
+from videogen import visibility as vis
 from videogen.settings import DEFAULT_TIERS, ApiKey, TierPolicy
 from videogen.storage import ObjectStore
 
@@ -216,16 +217,15 @@ async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
     sa = ex.typed_search_attributes
     model = sa.get(MODEL_KEY)
     prio = sa.get(PRIORITY_KEY) or 3
-    base = (f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND "
-            f"{c.SA_MODEL} = '{model}'")
+    base = [vis.eq(c.SA_MODEL, str(model))]
     if tiers:  # only the tiers that wait on the same GPU pool compete with this job
-        base += f" AND {c.SA_TIER} IN ({', '.join(repr(t) for t in tiers)})"
-    started = ex.start_time.isoformat()
-    ahead = (await client.count_workflows(
-        f"{base} AND {c.SA_STATUS} = '{c.QUEUED}' AND ({c.SA_PRIORITY} < {prio} OR "
-        f"({c.SA_PRIORITY} = {prio} AND StartTime < '{started}'))")).count
-    running = (await client.count_workflows(
-        f"{base} AND {c.SA_STATUS} = '{c.IN_PROGRESS}'")).count
+        base.append(vis.one_of(c.SA_TIER, tiers))
+    earlier = (f"({c.SA_PRIORITY} < {vis.literal(prio)} OR ({vis.eq(c.SA_PRIORITY, prio)} AND "
+               f"StartTime < {vis.literal(ex.start_time)}))")
+    ahead = (await client.count_workflows(vis.jobs(
+        *base, vis.eq(c.SA_STATUS, c.QUEUED), earlier, status="Running"))).count
+    running = (await client.count_workflows(vis.jobs(
+        *base, vis.eq(c.SA_STATUS, c.IN_PROGRESS), status="Running"))).count
     avg = await average_generation_seconds(client, str(model))
     workers = await _pollers(client, gpu_queue) if gpu_queue else 1
     wait = (ahead + running) / max(1, workers) * avg
@@ -244,9 +244,8 @@ async def average_generation_seconds(client: Client, model: str) -> float:
     if cached is not None and time.monotonic() - cached[0] < AVG_CACHE_S:
         return cached[1]
     seconds: list[float] = []
-    async for done in client.list_workflows(
-            f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Completed' AND "
-            f"{c.SA_MODEL} = '{model}' AND {c.SA_GEN_SECONDS} > 0", limit=20):
+    query = vis.jobs(vis.eq(c.SA_MODEL, model), f"{c.SA_GEN_SECONDS} > 0", status="Completed")
+    async for done in client.list_workflows(query, limit=20):
         value = done.typed_search_attributes.get(GEN_SECONDS_KEY)
         if value:
             seconds.append(value)
@@ -337,9 +336,8 @@ def decode_cursor(cursor: str | None) -> bytes | None:
 
 async def list_page(client: Client, store: ObjectStore, key: ApiKey, limit: int,
                     after: str | None) -> tuple[list[Video], str | None]:
-    user = key.user.replace("\\", "\\\\").replace('"', '\\"')
     it = client.list_workflows(
-        f'{c.SA_USER} = "{user}" AND WorkflowType = "{c.WORKFLOW_NAME}"',
+        vis.jobs(vis.eq(c.SA_USER, key.user)),
         page_size=limit,
         next_page_token=decode_cursor(after),
     )
