@@ -70,29 +70,34 @@ class VideoGeneration:
         if s.phase == c.PHASE_ENCODING:
             return
         if s.status == c.QUEUED:
-            self._set_status(c.IN_PROGRESS)
-        s.attempt = update.attempt
-        s.phase = update.phase
-        s.step = update.step
-        s.total_steps = update.total_steps or s.total_steps
-        s.resumed_from_step = update.resumed_from_step
-        s.wasted_steps = max(s.wasted_steps, update.wasted_steps)
-        s.seq += 1
-        if update.phase in (c.PHASE_DENOISING, c.PHASE_RESUMING) and s.total_steps:
+            self._change(status=c.IN_PROGRESS)
+        total = update.total_steps or s.total_steps
+        if update.phase in (c.PHASE_DENOISING, c.PHASE_RESUMING) and total:
             span = PROGRESS_DECODING - PROGRESS_STARTING
-            s.progress = PROGRESS_STARTING + span * s.step // s.total_steps
+            progress = PROGRESS_STARTING + span * update.step // total
         elif update.phase == c.PHASE_DECODING:
-            s.progress = PROGRESS_DECODING
+            progress = PROGRESS_DECODING
         else:
-            s.progress = max(s.progress, PROGRESS_STARTING)
+            progress = max(s.progress, PROGRESS_STARTING)
+        self._change(attempt=update.attempt, phase=update.phase, step=update.step,
+                     total_steps=total, resumed_from_step=update.resumed_from_step,
+                     wasted_steps=max(s.wasted_steps, update.wasted_steps), progress=progress)
 
-    def _set_status(self, status: str, gen_seconds: float | None = None) -> None:
-        self._state.status = status
+    def _change(self, *, status: str | None = None, gen_seconds: float | None = None,
+                **fields: object) -> None:
+        """Every change of the job's state goes through here: the fields, then the status
+        (mirrored in its search attribute), as one event for viewers (`seq` + 1)."""
+        for name, value in fields.items():
+            if not hasattr(self._state, name):
+                raise AttributeError(f"JobStatus has no field {name!r}")
+            setattr(self._state, name, value)
+        if status is not None:
+            self._state.status = status
+            updates = [STATUS_KEY.value_set(status)]
+            if gen_seconds is not None:  # one upsert command either way: replay stays compatible
+                updates.append(GEN_SECONDS_KEY.value_set(gen_seconds))
+            workflow.upsert_search_attributes(updates)
         self._state.seq += 1
-        updates = [STATUS_KEY.value_set(status)]
-        if gen_seconds is not None:  # one upsert command either way: replay stays compatible
-            updates.append(GEN_SECONDS_KEY.value_set(gen_seconds))
-        workflow.upsert_search_attributes(updates)
 
     @workflow.run
     async def run(self, req: c.VideoRequest) -> c.JobResult:
@@ -106,13 +111,10 @@ class VideoGeneration:
         try:
             gen = await self._generate(req)
             if self._state.status == c.QUEUED:  # finished before its first signal arrived
-                self._set_status(c.IN_PROGRESS)
-            self._state.phase = c.PHASE_ENCODING
-            self._state.progress = PROGRESS_ENCODING
-            self._state.seq += 1
-            self._state.attempt = gen.attempt
-            self._state.resumed_from_step = gen.resumed_from_step
-            self._state.wasted_steps = gen.wasted_steps
+                self._change(status=c.IN_PROGRESS)
+            self._change(phase=c.PHASE_ENCODING, progress=PROGRESS_ENCODING,
+                         attempt=gen.attempt, resumed_from_step=gen.resumed_from_step,
+                         wasted_steps=gen.wasted_steps)
             encoded = await workflow.execute_activity(
                 c.ACTIVITY_ENCODE,
                 c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps,
@@ -127,17 +129,15 @@ class VideoGeneration:
             if is_cancelled_exception(err):
                 # The GPU activity was cancelled and has stopped (WAIT_CANCELLATION_COMPLETED):
                 # clean up what it left, then end the workflow as cancelled.
-                self._state.phase = c.CANCELLED
-                self._set_status(c.CANCELLED)
+                self._change(status=c.CANCELLED, phase=c.CANCELLED)
                 await self._cleanup(req, remove_outputs=True)
                 await self._notify(req, c.CANCELLED)
                 _ended(req, c.CANCELLED)
                 raise
             assert isinstance(err, ActivityError)
             code, message = _describe_failure(err)
-            self._state.error = c.JobError(code=code, message=message)
-            self._state.phase = c.FAILED
-            self._set_status(c.FAILED)
+            self._change(status=c.FAILED, phase=c.FAILED,
+                         error=c.JobError(code=code, message=message))
             await self._cleanup(req, remove_outputs=True)
             await self._notify(req, c.FAILED)
             _ended(req, c.FAILED, code=code)
@@ -148,10 +148,8 @@ class VideoGeneration:
                              resumed_from_step=gen.resumed_from_step,
                              wasted_steps=gen.wasted_steps, warm=gen.warm,
                              model_load_seconds=gen.model_load_seconds)
-        self._state.result = result
-        self._state.phase = c.COMPLETED
-        self._state.progress = 100
-        self._set_status(c.COMPLETED, gen_seconds=gen.generation_seconds)
+        self._change(status=c.COMPLETED, gen_seconds=gen.generation_seconds, result=result,
+                     phase=c.COMPLETED, progress=100)
         if req.retention_s > 0:
             await workflow.start_child_workflow(
                 c.RETENTION_WORKFLOW,
