@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import structlog
 import torch
@@ -115,11 +115,42 @@ class DiffusionActivities:
 
     @activity.defn(name=c.ACTIVITY_GENERATE)
     async def generate_video(self, inp: c.GenerateInput) -> c.GenerateOutput:
-        req = inp.request
-        info = activity.info()
-        attempt = info.attempt
-        logger = log.bind(job_id=req.job_id, attempt=attempt, model=req.model)
+        """Admit, start (or resume), denoise while heartbeating, publish the frames."""
+        req, info = inp.request, activity.info()
+        logger = log.bind(job_id=req.job_id, attempt=info.attempt, model=req.model)
+        params = self._admit(req)
+        run = self._new_run(req, info.attempt, _Prior.parse(info.heartbeat_details))
+        warm = await self._record_start(inp, run, logger)
+        started = time.monotonic()
+        work = asyncio.ensure_future(asyncio.to_thread(self._work, run, params, logger))
+        try:
+            result = await self._supervise(req, run, work, logger)
+            key, digest = await self._publish(req, run, result, logger)
+        finally:
+            # Whatever ended the attempt, the GPU and the writer are idle before it is reported.
+            if not work.done():
+                run.cancel.set()
+                await _wait_uninterrupted(work)
+            await _uninterruptible(asyncio.to_thread(run.writer.drain))
+            run.writer.close()
+        elapsed = time.monotonic() - started
+        metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
+        logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
+                    frames_sha256=digest, resumed_from_step=run.progress.resumed_from,
+                    wasted_steps=run.progress.wasted, checkpoints=run.writer.stats.written,
+                    checkpoint_failures=run.writer.stats.failed)
+        return c.GenerateOutput(
+            frames_key=key, frames_sha256=digest, num_frames=req.num_frames, width=req.width,
+            height=req.height, attempt=run.attempt, device=self._model.device,
+            generation_seconds=elapsed, resumed_from_step=run.progress.resumed_from,
+            wasted_steps=run.progress.wasted, checkpoints_written=run.writer.stats.written,
+            warm=warm, model_load_seconds=self._model.load_seconds,
+        )
 
+    # -- the phases of an attempt, on the event loop --------------------------------------------
+
+    def _admit(self, req: c.VideoRequest) -> pipeline.GenerationParams:
+        """The request's parameters, or a non-retryable error: another model, invalid input."""
         if req.model != self._model.spec.name:
             raise ApplicationError(
                 f"this worker serves model {self._model.spec.name!r}, not {req.model!r}",
@@ -131,9 +162,10 @@ class DiffusionActivities:
             pipeline.check_params(self._model.spec, params)
         except ValueError as err:
             raise ApplicationError(str(err), type=c.ERR_INVALID_INPUT, non_retryable=True) from err
+        return params
 
-        prior = _Prior.parse(info.heartbeat_details)
-        run = _Run(
+    def _new_run(self, req: c.VideoRequest, attempt: int, prior: _Prior) -> _Run:
+        return _Run(
             job_id=req.job_id, attempt=attempt, prior=prior, region=self._region,
             progress=_Progress(total=req.num_inference_steps,
                                step=prior.newest.step if prior.newest else 0),
@@ -144,91 +176,75 @@ class DiffusionActivities:
             ),
         )
 
+    async def _record_start(self, inp: c.GenerateInput, run: _Run,
+                            logger: structlog.typing.FilteringBoundLogger) -> bool:
+        """Metrics and log line of the attempt's start; whether the model was warm for it."""
+        req, info = inp.request, activity.info()
         warm = self.ready_at is None or self.ready_at <= info.current_attempt_scheduled_time
         metrics.JOBS_STARTED.labels(warm=str(warm).lower()).inc()
-        if attempt == 1 and inp.submitted_at:
+        if run.attempt == 1 and inp.submitted_at:
             metrics.QUEUE_WAIT_SECONDS.labels(req.tier).observe(
                 max(0.0, info.started_time.timestamp() - inp.submitted_at))
-        elif attempt > 1:
-            run.interrupted_at = await _last_interruption(prior, logger)
+        elif run.attempt > 1:
+            run.interrupted_at = await _last_interruption(run.prior, logger)
+        newest = run.prior.newest
         logger.info("generation started", steps=req.num_inference_steps, warm=warm,
                     checkpoint_policy=self._policy.describe(),
-                    resume_candidate=prior.newest.step if prior.newest else None)
-        started = time.monotonic()
-        signaller = _ProgressSignaller(req, attempt)
+                    resume_candidate=newest.step if newest else None)
+        return warm
+
+    async def _supervise(self, req: c.VideoRequest, run: _Run,
+                         work: asyncio.Future[tuple[bytes, str] | None],
+                         logger: structlog.typing.FilteringBoundLogger) -> tuple[bytes, str]:
+        """Heartbeat and signal progress until the denoising thread ends; turn shutdown,
+        cancellation and poisoning into their endings. Returns the frames (bytes, sha256)."""
+        signaller = _ProgressSignaller(req, run.attempt)
         await signaller.send(run.progress, force=True)
-        work = asyncio.ensure_future(asyncio.to_thread(self._work, run, params, logger))
         try:
-            try:
-                while not work.done():
-                    await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
-                    if activity.is_worker_shutdown() and not run.preempt.is_set():
-                        logger.info("worker shutting down: checkpointing at the next step "
-                                    "boundary", step=run.progress.step)
-                        run.preempt.set()
-                    activity.heartbeat(run.details())
-                    await signaller.send(run.progress)
-                result = work.result()
-            except asyncio.CancelledError:
-                details = activity.cancellation_details()
-                if details is None or details.cancel_requested or not details.worker_shutdown:
-                    await self._cancelled(run, work, details, logger)
-                    raise
-                # The worker's graceful period ran out (the SDK cancels on shutdown): still
-                # hand the job over with a checkpoint rather than drop the state.
-                run.preempt.set()
-                await _wait_uninterrupted(work)
-                result = work.result()
-            except pipeline.PoisonedStateError as err:
-                raise await self._poisoned(run, err, logger) from err
-            await _uninterruptible(asyncio.to_thread(run.writer.drain))
-            if result is None:
-                await self._preempted(run, logger)
-            # A stale attempt (timed out and retried elsewhere, then back to life) must not
-            # publish: Temporal would reject its completion anyway, but its write would be waste.
-            if not await _is_current_attempt():
-                await self._discard_stale(run, logger)
-                raise ApplicationError("this attempt was superseded by a retry; result discarded",
-                                       type="StaleAttempt")
-            key = c.frames_key(req.job_id, attempt)
-            assert result is not None
-            data, digest = result
-            # Uninterruptible, so that a cancel arriving now cannot report the attempt over
-            # while the write goes on (the workflow's cleanup would run before it lands).
-            await _uninterruptible(asyncio.to_thread(self._store.put, key, data))
-            if activity.is_cancelled():
-                await asyncio.to_thread(self._store.delete, key)
-                raise asyncio.CancelledError
-        finally:
-            # Whatever ended the attempt, the GPU and the writer are idle before it is reported.
-            if not work.done():
-                run.cancel.set()
-                await _wait_uninterrupted(work)
-            await _uninterruptible(asyncio.to_thread(run.writer.drain))
-            run.writer.close()
-        elapsed = time.monotonic() - started
-        metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
-        logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
-                    frames_sha256=digest,
-                    resumed_from_step=run.progress.resumed_from,
-                    wasted_steps=run.progress.wasted,
-                    checkpoints=run.writer.stats.written,
-                    checkpoint_failures=run.writer.stats.failed)
-        return c.GenerateOutput(
-            frames_key=key,
-            frames_sha256=digest,
-            num_frames=req.num_frames,
-            width=req.width,
-            height=req.height,
-            attempt=attempt,
-            device=self._model.device,
-            generation_seconds=elapsed,
-            resumed_from_step=run.progress.resumed_from,
-            wasted_steps=run.progress.wasted,
-            checkpoints_written=run.writer.stats.written,
-            warm=warm,
-            model_load_seconds=self._model.load_seconds,
-        )
+            while not work.done():
+                await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
+                if activity.is_worker_shutdown() and not run.preempt.is_set():
+                    logger.info("worker shutting down: checkpointing at the next step "
+                                "boundary", step=run.progress.step)
+                    run.preempt.set()
+                activity.heartbeat(run.details())
+                await signaller.send(run.progress)
+            result = work.result()
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is None or details.cancel_requested or not details.worker_shutdown:
+                await self._cancelled(run, work, details, logger)
+                raise
+            # The worker's graceful period ran out (the SDK cancels on shutdown): still
+            # hand the job over with a checkpoint rather than drop the state.
+            run.preempt.set()
+            await _wait_uninterrupted(work)
+            result = work.result()
+        except pipeline.PoisonedStateError as err:
+            raise await self._poisoned(run, err, logger) from err
+        await _uninterruptible(asyncio.to_thread(run.writer.drain))
+        if result is None:  # stopped for a preemption: hand the attempt over
+            await self._preempted(run, logger)
+        return result
+
+    async def _publish(self, req: c.VideoRequest, run: _Run, result: tuple[bytes, str],
+                       logger: structlog.typing.FilteringBoundLogger) -> tuple[str, str]:
+        """Store the frames under this attempt's key, unless a retry superseded it."""
+        # A stale attempt (timed out and retried elsewhere, then back to life) must not
+        # publish: Temporal would reject its completion anyway, but its write would be waste.
+        if not await _is_current_attempt():
+            await self._discard_stale(run, logger)
+            raise ApplicationError("this attempt was superseded by a retry; result discarded",
+                                   type="StaleAttempt")
+        key = c.frames_key(req.job_id, run.attempt)
+        data, digest = result
+        # Uninterruptible, so that a cancel arriving now cannot report the attempt over
+        # while the write goes on (the workflow's cleanup would run before it lands).
+        await _uninterruptible(asyncio.to_thread(self._store.put, key, data))
+        if activity.is_cancelled():
+            await asyncio.to_thread(self._store.delete, key)
+            raise asyncio.CancelledError
+        return key, digest
 
     # -- the denoising thread -------------------------------------------------------------------
 
@@ -345,7 +361,8 @@ class DiffusionActivities:
             await self._discard_stale(run, logger)
         logger.info("generation cancelled", step=run.progress.step)
 
-    async def _preempted(self, run: _Run, logger: structlog.typing.FilteringBoundLogger) -> None:
+    async def _preempted(self, run: _Run,
+                         logger: structlog.typing.FilteringBoundLogger) -> NoReturn:
         """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
         state = run.state
         assert state is not None
