@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # CPU build of torch for this machine and CI. On a GPU host: make TORCH="torch==2.13.0" \
-#   PIP_INDEX_URL=https://download.pytorch.org/whl/cu128 ... (see README).
+#   PIP_INDEX_URL=https://download.pytorch.org/whl/cu128 ... (docs/operations.md, "A real
+#   model on a GPU host").
 TORCH ?= torch==2.13.0
 PROMPT ?= a red fox running through fresh snow
 PYTEST_ARGS ?=
@@ -48,7 +49,8 @@ bench: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-# Fleet simulator: the design document's cost table and the checkpoint-policy comparison.
+# Fleet simulator: the product requirements' cost table and the checkpoint-policy comparison
+# (sim/README.md).
 sim: venv
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m sim $(SIM_ARGS)

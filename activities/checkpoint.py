@@ -378,8 +378,9 @@ def check_compatible(ckpt: Checkpoint, model: LoadedModel, params: GenerationPar
         raise CheckpointIncompatible("written with another scheduler or scheduler config")
     if not 0 <= ckpt.next_step <= int(m.get("total_steps", -1)):
         raise CheckpointIncompatible(f"step {ckpt.next_step} out of range")
-    # On the CPU the thread count changes the bits of some kernels (DESIGN.md): a resume with
-    # another count would silently give another video, so it is not a resume point.
+    # On the CPU the thread count changes the bits of some kernels (docs/checkpoints.md, "What
+    # resumable denoising needs"): a resume with another count would silently give another
+    # video, so it is not a resume point.
     if model.device == "cpu" and m.get("num_threads") != num_threads:
         raise CheckpointIncompatible(
             f"written with {m.get('num_threads')} torch threads, this worker runs {num_threads}; "
@@ -411,7 +412,7 @@ def restore(model: LoadedModel, ckpt: Checkpoint, params: GenerationParams) -> D
     device = model.device
     devices = m.get("tensor_devices", {})
     # set_timesteps() resets the multistep state, so it comes first and the saved attributes
-    # overwrite what it computed (DESIGN.md, resumable denoising).
+    # overwrite what it computed (docs/checkpoints.md, "What resumable denoising needs").
     scheduler = copy.deepcopy(model.pipe.scheduler)
     scheduler.set_timesteps(int(m["total_steps"]), device=torch.device(device))
     scheduler.set_begin_index(0)

@@ -21,8 +21,8 @@ Determinism is why this module does things a plain "write an MP4" helper would n
 * Pillow encoders get fixed settings and no metadata (no EXIF, no timestamps).
 
 Same frames + same PyAV/FFmpeg build -> same bytes, in any process, under any load; the pinned
-x264 functions are meant to extend that across x86-64-v3 CPUs (README "Determinism" says what
-was measured).
+x264 functions are meant to extend that across x86-64-v3 CPUs (docs/checkpoints.md,
+"Determinism: what gives the same bytes", says what was measured).
 
 Frames everywhere are ``numpy.uint8`` arrays of shape ``(T, H, W, 3)``, RGB.
 """

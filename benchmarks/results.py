@@ -1,7 +1,7 @@
 """Figures, the machine they were measured on, and the results files (JSON and markdown).
 
 Every figure carries its number of runs and the configuration it was measured under, so a
-figure quoted elsewhere (README) can be quoted with what it means.
+figure quoted elsewhere (benchmarks/README.md) can be quoted with what it means.
 """
 
 from __future__ import annotations

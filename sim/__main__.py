@@ -1,5 +1,5 @@
-"""`python -m sim [--out DIR] [--days D] [--seed S] [--quick]` (`make sim`): the design
-document's preemption table reproduced under its own assumptions, the checkpoint-policy
+"""`python -m sim [--out DIR] [--days D] [--seed S] [--quick]` (`make sim`): the product
+requirements' preemption table reproduced under their own assumptions, the checkpoint-policy
 comparison, and two plots; written to `results.md`, `results.json`, `waste_vs_interval.png` and
 `cost_vs_spot_share.png` in `--out` (default `sim/results/`).
 """
@@ -257,8 +257,8 @@ def spot_md(sweep: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m sim", description="Fleet simulator: the design document's preemption "
-        "table under its own assumptions, the checkpoint-policy comparison and two plots.")
+        prog="python -m sim", description="Fleet simulator: the product requirements' preemption "
+        "table under their own assumptions, the checkpoint-policy comparison and two plots.")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--days", type=float, default=1.0, help="simulated days per run")
     ap.add_argument("--seed", type=int, default=1)
@@ -296,11 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{' --quick' if args.quick else ''}: {len(res)} runs, "
         f"{elapsed_sim:.0f} s on {args.processes} process(es).",
         "",
-        "## The design document's table under its own assumptions",
+        "## The requirements' table under their own assumptions",
         "",
         "730 spot instances, always busy, 10 %/h each, no notice, constant job lengths, "
         f"{2 * days:g} simulated days per row. Tolerance ±10 %, ±25 % for the 30-s and 2-min "
-        "waste rows (no model reproduces both closer: see README).",
+        "waste rows (no model reproduces both closer: see sim/README.md).",
         "",
         reproduction_md(rows),
         "",

@@ -1,10 +1,10 @@
 """The fleet simulator's core: a discrete-event simulation of GPU workers, spot preemptions and
 checkpoints, with the GPU worker's own `CheckpointPolicy` deciding when a worker checkpoints.
 
-The model (one GPU = one job at a time, as in the design document):
+The model (one GPU = one job at a time, as in the product requirements; sim/README.md):
 
 - Jobs arrive as a Poisson process (`Fleet.videos_per_day`), or, with `Fleet.saturated`, a
-  backlog never runs dry (every free worker starts a job at once: the design document's "730 spot
+  backlog never runs dry (every free worker starts a job at once: the requirements' "730 spot
   instances, ~73 jobs preempted per hour" assumes every instance is busy). A job is
   `steps_per_job` denoising steps of equal length; its GPU time is drawn from a lognormal
   distribution (`job_mean_s`, `job_cv`), rounded to whole seconds.

@@ -1,4 +1,7 @@
-"""The design document's assumptions, its own arithmetic, and the runs `python -m sim` makes.
+"""The product requirements' assumptions, their own arithmetic, and the runs `python -m sim` makes.
+
+"The document" below is the product requirements: their figures, by section (§), are restated
+in sim/README.md ("The requirements' figures").
 
 Three groups of runs:
 
@@ -23,7 +26,7 @@ from sim.model import CheckpointCost, Fleet, Result, simulate
 from videogen.checkpoint_policy import CheckpointPolicy
 
 # --------------------------------------------------------------------------------------------
-# The design document's numbers (reference/000_dd1cb9b96d7619a7.txt)
+# The product requirements' numbers (restated in sim/README.md, "The requirements' figures")
 
 DOC_SPOT_INSTANCES = 730  # §2: "730 spot instances" (70 % of 1,042)
 DOC_RATE_PER_HOUR = 0.10  # §2/§4: "10% hourly interruption rate"
@@ -46,7 +49,8 @@ DOC_VIDEOS_PER_DAY = 100_000
 DOC_GPUS = 1042
 DOC_ON_DEMAND_USD_PER_VIDEO = 0.97  # §7 stage 2
 
-# The measured-C assumption for a Wan2.1 480p job (DESIGN.md: a ~42 MB checkpoint). Not
+# The measured-C assumption for a Wan2.1 480p job (a ~42 MB checkpoint, measured earlier on the
+# development machine's CPU: docs/checkpoints.md, "What resumable denoising needs"). Not
 # measured on a GPU here: snapshot to host ~0.03 s, checksum + safetensors encoding + sha256
 # ~0.15 s (scaled from 25 MB in 0.09 s on this machine's CPU), upload at ~100 MB/s plus a request
 # ~0.47 s: C = 0.65 s written, 0.03 s of it blocking the loop; reading it back ~0.6 s.

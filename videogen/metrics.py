@@ -1,9 +1,9 @@
 """Prometheus metrics of the workers: jobs, checkpoints, resumes, preemptions, their cost.
 
 Each worker serves them, with the Temporal SDK's own metrics (videogen.sdk_metrics), on
-`VIDEOGEN_WORKER_METRICS_PORT` when it is set. Names and labels follow the design document's
-monitoring section; README "Operations" lists them all. The API's own (queue depth, drain
-time, requests) are in api/fleet.py and api/app.py.
+`VIDEOGEN_WORKER_METRICS_PORT` when it is set. Names and labels follow the metric names of the
+product requirements; docs/operations.md ("Metrics") restates those and lists them all. The
+API's own (queue depth, drain time, requests) are in api/fleet.py and api/app.py.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Fail a job if no GPU worker picks it up in this time (0 = wait)."
     )
 
-    # Checkpoints and preemption (GPU worker; README "Checkpoints and preemption").
+    # Checkpoints and preemption (GPU worker; docs/checkpoints.md).
     checkpoint_policy: Literal["adaptive", "steps", "seconds", "off"] = Field(
         "adaptive", description="When the GPU activity checkpoints: adaptive (Young-Daly), "
         "every N steps, every T seconds, or off.")
@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     region: str = Field("", description="Label of this worker's region on its preemption "
                         "metrics (e.g. us-east-1).")
 
-    # Operations (README "Operations").
+    # Operations (docs/operations.md).
     admin_key: str = Field(
         "", description="Bearer key of the admin endpoints (/v1/admin/...); empty: they are "
         "off (404).")

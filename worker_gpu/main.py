@@ -40,8 +40,9 @@ def configure_torch(settings: Settings, device: str) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     if device.startswith("cuda"):
-        # Deterministic kernels (DESIGN.md; not measured on a GPU here). cuBLAS reads its
-        # workspace setting when CUDA initialises, so set it before the model moves there.
+        # Deterministic kernels (docs/checkpoints.md, "What resumable denoising needs"; not
+        # measured on a GPU here). cuBLAS reads its workspace setting when CUDA initialises,
+        # so set it before the model moves there.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -83,7 +84,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         # One job per GPU: a second job would only slow both down and risk running out of memory.
         max_concurrent_activities=1,
         # Heartbeats carry checkpoints and must reach the server promptly: the SDK's default
-        # throttle (up to 30 s) loses checkpoints on a crash and delays cancellation (DESIGN.md).
+        # throttle (up to 30 s) loses checkpoints on a crash and delays cancellation (measured:
+        # docs/architecture.md, "Temporal facts measured here").
         max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
         default_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
         # Covers the running step plus one checkpoint write; the activity hands over at once.
