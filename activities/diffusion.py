@@ -5,7 +5,7 @@ the object store. The denoising loop is blocking torch work, so it runs in a thr
 activity's event-loop side heartbeats, sends throttled progress signals to the workflow and
 watches for cancellation and worker shutdown.
 
-Checkpoint/resume (README "Checkpoints and preemption"):
+Checkpoint/resume (docs/checkpoints.md):
 - per the `CheckpointPolicy`, the loop snapshots its state between two steps and a background
   thread uploads it; only a confirmed write goes into the heartbeat details
   (`step`, `checkpoint_uri`, `sha256`, `attempt`, plus the previous checkpoint);
@@ -61,7 +61,7 @@ class _Stopped(Exception):
 
 @dataclass
 class _Progress:
-    phase: str = c.PHASE_STARTING
+    phase: c.Phase = c.Phase.STARTING
     step: int = 0
     total: int = 0
     resumed_from: int | None = None
@@ -154,14 +154,15 @@ class DiffusionActivities:
         if req.model != self._model.spec.name:
             raise ApplicationError(
                 f"this worker serves model {self._model.spec.name!r}, not {req.model!r}",
-                type=c.ERR_MODEL_MISMATCH,
+                type=c.ErrorCode.MODEL_MISMATCH,
                 non_retryable=True,
             )
         params = pipeline.GenerationParams.from_request(req)
         try:
             pipeline.check_params(self._model.spec, params)
         except ValueError as err:
-            raise ApplicationError(str(err), type=c.ERR_INVALID_INPUT, non_retryable=True) from err
+            raise ApplicationError(str(err), type=c.ErrorCode.INVALID_INPUT,
+                                   non_retryable=True) from err
         return params
 
     def _new_run(self, req: c.VideoRequest, attempt: int, prior: _Prior) -> _Run:
@@ -268,7 +269,7 @@ class DiffusionActivities:
                 # 1. One denoising step (raises PoisonedStateError on NaN/Inf, state intact).
                 step_started = time.monotonic()
                 pipeline.denoise_step(model, state)
-                p.phase, p.step = c.PHASE_DENOISING, state.next_step
+                p.phase, p.step = c.Phase.DENOISING, state.next_step
                 if run.first_step_s is None:
                     run.first_step_s = time.monotonic() - step_started
                     self._recovered(run, logger)
@@ -283,7 +284,7 @@ class DiffusionActivities:
                     last_step, last_at = state.next_step, now
             run.state = state
             # 3. Decode.
-            p.phase = c.PHASE_DECODING
+            p.phase = c.Phase.DECODING
             frames = pipeline.decode(model, state)
             return frames_to_bytes(frames), frames_sha256(frames)
         finally:
@@ -307,7 +308,7 @@ class DiffusionActivities:
         prior, p = run.prior, run.progress
         found, skipped = None, []
         if prior.raw is not None or run.attempt > 1:
-            p.phase = c.PHASE_RESUMING
+            p.phase = c.Phase.RESUMING
             try:
                 found, skipped = checkpoint.find_resume_point(
                     self._store, self._model, params, job_id=run.job_id,
@@ -317,7 +318,7 @@ class DiffusionActivities:
                 # Retry later (the heartbeat still names the checkpoints) rather than start over.
                 raise ApplicationError(
                     f"object store unreadable while resuming: {type(err).__name__}: {err}",
-                    type=c.ERR_STORE_UNAVAILABLE) from err
+                    type=c.ErrorCode.STORE_UNAVAILABLE) from err
         for reason in skipped:
             logger.warning("checkpoint not usable", reason=reason)
         if found is not None:
@@ -341,7 +342,7 @@ class DiffusionActivities:
         p.wasted = prior.wasted_steps + wasted
         p.resumed_from = state.next_step if (found or run.attempt > 1) else None
         p.step = state.next_step
-        p.phase = c.PHASE_DENOISING
+        p.phase = c.Phase.DENOISING
         run.started = True
         return state
 
@@ -380,7 +381,7 @@ class DiffusionActivities:
                     checkpoint_step=at, lost_steps=lost)
         raise ApplicationError(
             f"worker shut down at step {state.next_step}; the retry resumes from step {at}",
-            type=c.ERR_WORKER_SHUTDOWN,
+            type=c.ErrorCode.WORKER_SHUTDOWN,
             next_retry_delay=PREEMPTED_RETRY_DELAY,
         )
 
@@ -398,10 +399,10 @@ class DiffusionActivities:
         if final:
             return ApplicationError(
                 f"{err} on {run.poisoned} attempts; the model cannot generate this request "
-                "(try another seed or prompt)", type=c.ERR_POISONED, non_retryable=True,
+                "(try another seed or prompt)", type=c.ErrorCode.POISONED, non_retryable=True,
             )
         return ApplicationError(f"{err}; retrying from the last checkpoint on a fresh worker",
-                                type=c.ERR_POISONED)
+                                type=c.ErrorCode.POISONED)
 
     async def _discard_stale(self, run: _Run,
                              logger: structlog.typing.FilteringBoundLogger) -> None:
@@ -493,7 +494,7 @@ async def _last_interruption(prior: _Prior,
             metrics.LEASE_EXPIRATIONS.inc()
             logger.warning("previous attempt's lease expired (heartbeat timeout): resuming")
         elif failure.HasField("application_failure_info"):
-            kind = {c.ERR_WORKER_SHUTDOWN: "graceful", c.ERR_POISONED: "poisoned"}.get(
+            kind = {c.ErrorCode.WORKER_SHUTDOWN: "graceful", c.ErrorCode.POISONED: "poisoned"}.get(
                 failure.application_failure_info.type)
             if kind:
                 metrics.PREEMPTIONS.labels(kind, region).inc()

@@ -41,7 +41,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
-from videogen.catalog import ModelSpec
+from videogen.catalog import MAX_SEED, ModelSpec
 from videogen.contracts import VideoRequest
 
 # WanPipeline.__call__'s default; encode_prompt's own default (226) differs, so pass it always.
@@ -235,7 +235,8 @@ def weights_hash(pipe: WanPipeline) -> str:
 
 def _clone_weights(module: torch.nn.Module) -> None:
     # from_pretrained leaves parameters as views into safetensors buffers, some unaligned;
-    # kernels reading those gave different bits than on aligned copies (DESIGN.md).
+    # kernels reading those gave different bits than on aligned copies (measured:
+    # docs/checkpoints.md, "What resumable denoising needs").
     for sub in module.modules():
         for param in sub.parameters(recurse=False):
             param.data = param.data.clone()
@@ -306,8 +307,8 @@ def check_params(spec: ModelSpec, params: GenerationParams) -> None:
     if not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"guidance_scale: must be a finite number >= 0, got {scale!r}")
     seed = params.seed
-    if not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed: must be an integer in 0..2**64-1, got {seed!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed: must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
 
 def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:

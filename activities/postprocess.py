@@ -35,7 +35,7 @@ class PostprocessActivities:
             raise ApplicationError(
                 f"frames {inp.frames_key!r} hash to {digest[:12]}…, the GPU attempt made "
                 f"{inp.frames_sha256[:12]}…: the stored copy is damaged",
-                type=c.ERR_FRAMES_CORRUPT, non_retryable=True)
+                type=c.ErrorCode.FRAMES_CORRUPT, non_retryable=True)
         prefix = c.outputs_prefix(inp.job_id)
         keys = {variant: prefix + name for variant, (name, _) in c.VARIANTS.items()}
         video = self._publish(keys["video"], media.encode_mp4(frames, inp.fps))
@@ -80,14 +80,8 @@ class PostprocessActivities:
     async def cleanup_job(self, inp: c.CleanupInput) -> int:
         """Delete a job's frames and checkpoints (and its outputs on cancel/failure)."""
 
-        def work() -> int:
-            n = self._store.delete_prefix(c.frames_prefix(inp.job_id))
-            n += self._store.delete_prefix(c.checkpoints_prefix(inp.job_id))
-            if inp.remove_outputs:
-                n += self._store.delete_prefix(c.outputs_prefix(inp.job_id))
-            return n
-
-        removed = await asyncio.to_thread(work)
+        removed = await asyncio.to_thread(c.delete_job_assets, self._store, inp.job_id,
+                                          outputs=inp.remove_outputs)
         log.info("job cleaned up", job_id=inp.job_id, model=inp.model, removed=removed,
                  outputs=inp.remove_outputs)
         return removed

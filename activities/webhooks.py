@@ -36,7 +36,7 @@ class WebhookActivities:
             target = await asyncio.to_thread(webhooks.check_url, inp.url,
                                              allowed_hosts=self._allowed_hosts)
         except webhooks.UnsafeWebhookURL as err:
-            raise ApplicationError(f"webhook_url {err}", type=c.ERR_WEBHOOK_UNSAFE,
+            raise ApplicationError(f"webhook_url {err}", type=c.ErrorCode.WEBHOOK_UNSAFE,
                                    non_retryable=True) from err
         body = inp.body.encode()
         ts = int(time.time())
@@ -71,9 +71,9 @@ class WebhookActivities:
         if 300 <= status < 400:
             raise ApplicationError(
                 f"webhook endpoint answered {status} (redirects are not followed; "
-                "give the final URL)", type=c.ERR_WEBHOOK_REDIRECT, non_retryable=True)
+                "give the final URL)", type=c.ErrorCode.WEBHOOK_REDIRECT, non_retryable=True)
         if status == 410:  # Gone: the receiver asks us to stop
-            raise ApplicationError("webhook endpoint answered 410 Gone", type=c.ERR_WEBHOOK_GONE,
-                                   non_retryable=True)
+            raise ApplicationError("webhook endpoint answered 410 Gone",
+                                   type=c.ErrorCode.WEBHOOK_GONE, non_retryable=True)
         raise ApplicationError(f"webhook endpoint answered {status}",
                                type="WebhookRejected")

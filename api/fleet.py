@@ -7,9 +7,10 @@ Per GPU task queue (one per model and pool) and per tier:
   of busy GPU workers (one job per GPU), though it also counts a job in its short encode phase
   and a preempted job waiting for its retry (which is in the backlog too);
 - workers polling: distinct worker identities that polled the queue in the last
-  `jobs.POLLER_FRESH_S` seconds, i.e. idle workers (a busy one does not poll; Temporal keeps listing
-  a poller for minutes after it stopped, so older entries are dead or busy workers);
-- estimated drain time (the design document's best single health metric):
+  `queue.POLLER_FRESH_S` seconds, i.e. idle workers (a busy one does not poll; Temporal keeps
+  listing a poller for minutes after it stopped, so older entries are dead or busy workers);
+- estimated drain time (the product requirements' "best single health metric",
+  docs/operations.md "Metrics"):
   backlog at or ahead of the tier's priority x average generation time / GPU workers, where
   GPU workers = workers polling + running. +Inf with a backlog and no worker; NaN until a job
   of the model has completed (no generation time to go by).
@@ -34,8 +35,9 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from api import jobs
+from api import queue
 from videogen import contracts as c
+from videogen import visibility as vis
 from videogen.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -105,7 +107,7 @@ def drain_time(backlog_ahead: int, avg_s: float, workers: int) -> float:
 async def snapshot(client: Client, settings: Settings) -> Fleet:
     model = settings.model_spec.name
     pools = [""] + [t for t, p in settings.tiers.items() if p.dedicated_pool]
-    avg = await jobs.average_generation_seconds(client, model)
+    avg = await queue.average_generation_seconds(client, model)
     queues = await asyncio.gather(*(_queue(client, settings, model, pool, avg)
                                     for pool in pools))
     return Fleet(generated_at=time.time(), stats_lag_s=STATS_LAG_S, queues=list(queues))
@@ -122,7 +124,7 @@ async def _queue(client: Client, settings: Settings, model: str, pool: str,
     tiers = [t for t in settings.tiers if settings.pool_for(t) == pool]
     running = dict(zip(tiers, await asyncio.gather(*(_running(client, model, t) for t in tiers)),
                        strict=True))
-    pollers = jobs.fresh_pollers(resp.pollers)
+    pollers = queue.fresh_pollers(resp.pollers)
     workers = pollers + sum(running.values())
     loads = []
     for tier in tiers:
@@ -148,10 +150,9 @@ async def _queue(client: Client, settings: Settings, model: str, pool: str,
 
 
 async def _running(client: Client, model: str, tier: str) -> int:
-    resp = await client.count_workflows(
-        f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND "
-        f"{c.SA_MODEL} = '{model}' AND {c.SA_TIER} = '{tier}' AND "
-        f"{c.SA_STATUS} = '{c.IN_PROGRESS}'")
+    resp = await client.count_workflows(vis.jobs(
+        vis.eq(c.SA_MODEL, model), vis.eq(c.SA_TIER, tier),
+        vis.eq(c.SA_STATUS, c.Status.IN_PROGRESS), status="Running"))
     return resp.count
 
 

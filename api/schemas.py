@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from videogen import catalog
 from videogen import contracts as c
 
 MAX_PROMPT = 4000
@@ -21,9 +22,9 @@ class CreateVideoBody(BaseModel):
     model: str | None = None
     seconds: int | None = Field(None, description="Clip length; allowed values depend on model.")
     size: str | None = Field(None, description="WIDTHxHEIGHT, e.g. 256x256.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=catalog.MAX_SEED)
     negative_prompt: str = Field("", max_length=MAX_PROMPT)
-    num_inference_steps: int | None = Field(None, ge=1, le=500)
+    num_inference_steps: int | None = Field(None, ge=1, le=catalog.MAX_STEPS)
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(
         None, description="Which events go to webhook_url: video.completed, video.failed, "

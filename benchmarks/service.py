@@ -155,9 +155,9 @@ class Driver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             v = await self.get(job_id)
-            if v["phase"] == c.PHASE_DENOISING and v["step"] >= step:
+            if v["phase"] == c.Phase.DENOISING and v["step"] >= step:
                 return v
-            if v["status"] not in (c.QUEUED, c.IN_PROGRESS):
+            if v["status"] not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
                 raise RuntimeError(f"{job_id} ended before step {step}: {v}")
             await asyncio.sleep(0.02)
         raise TimeoutError(f"{job_id} did not reach step {step} in {timeout_s}s")
@@ -204,7 +204,7 @@ async def short_jobs(d: Driver, n: int, pickup: Benchmark | None,
         res = await d.result(job)
         v = await d.get(job)
         seen = time.time()
-        if res is None or v["status"] != c.COMPLETED:
+        if res is None or v["status"] != c.Status.COMPLETED:
             raise RuntimeError(f"{job} did not complete: {v}")
         tl = await timeline(d.temporal, job)
         gpu = tl.activity(c.ACTIVITY_GENERATE)
@@ -421,7 +421,7 @@ def worker_log_events(stack: Stack, job_id: str) -> list[tuple[float, str, int]]
 
 def _step_at(progress: list[Progress], at: float) -> int:
     """The step an attempt had reached at `at`, extrapolated from its progress signals."""
-    denoising = [p for p in progress if p.update.phase == c.PHASE_DENOISING]
+    denoising = [p for p in progress if p.update.phase == c.Phase.DENOISING]
     if not denoising:
         return 0
     last = denoising[-1]
@@ -465,7 +465,7 @@ async def recovery(d: Driver, runs: int, bench: Benchmark) -> None:
         # (an older worker), its first progress signal past the resume step (up to 0.1 s late).
         resumed_at = _first(logged, RECOVERED_EVENT, 2) or next(
             (p.at for p in tl.progress if p.update.attempt >= 2
-             and p.update.phase == c.PHASE_DENOISING and p.update.step > resumed_from), None)
+             and p.update.phase == c.Phase.DENOISING and p.update.step > resumed_from), None)
         if resumed_at is None:
             raise RuntimeError(f"{job}: no sign of a resumed step in the logs or the history")
         # Steps the killed attempt had done that the retry did again. At least: up to its last

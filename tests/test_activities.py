@@ -101,7 +101,7 @@ async def test_damaged_frames_fail_the_encode_for_good(tmp_path: Path) -> None:
                         frames_sha256="0" * 64)
     with pytest.raises(ApplicationError, match="damaged") as err:
         await ActivityEnvironment().run(PostprocessActivities(store).encode_video, inp)
-    assert err.value.type == c.ERR_FRAMES_CORRUPT and err.value.non_retryable
+    assert err.value.type == c.ErrorCode.FRAMES_CORRUPT and err.value.non_retryable
     assert store.list("videos/video_bad/") == []
 
 
@@ -180,7 +180,7 @@ async def test_graceful_shutdown_hands_over_without_losing_a_step(
     acts = DiffusionActivities(model, store, policy=STEPS_POLICY)
     req = _request(**LONG)
     err, beats = await _run_until(acts, req, _env(attempt=1), reached=6, action="shutdown")
-    assert isinstance(err, ApplicationError) and err.type == c.ERR_WORKER_SHUTDOWN
+    assert isinstance(err, ApplicationError) and err.type == c.ErrorCode.WORKER_SHUTDOWN
     assert not err.non_retryable and err.next_retry_delay is not None
     last = beats[-1]
     # The final heartbeat names a checkpoint of exactly the step the loop stopped at.
@@ -273,7 +273,7 @@ async def test_poisoned_state_is_never_checkpointed_and_restarts_the_worker(
     env.on_heartbeat = lambda *d: beats.append(d[0])
     with pytest.raises(ApplicationError) as info:
         await env.run(acts.generate_video, c.GenerateInput(req))
-    assert info.value.type == c.ERR_POISONED and not info.value.non_retryable
+    assert info.value.type == c.ErrorCode.POISONED and not info.value.non_retryable
     assert restarts == [True] and beats[-1]["poisoned"] == 1
     steps = sorted(c.parse_checkpoint_key(k)[1] for k in store.list("checkpoints/"))
     assert steps and max(steps) == 5, steps  # nothing past the last good step
@@ -300,7 +300,7 @@ async def test_repeated_poisoning_fails_the_job(model: pipeline.LoadedModel, tmp
     prior = {"step": None, "attempt": 2, "reached_step": 0, "poisoned": 2}
     with pytest.raises(ApplicationError) as info:
         await _attempt(3, prior).run(acts.generate_video, c.GenerateInput(_request()))
-    assert info.value.non_retryable and info.value.type == c.ERR_POISONED
+    assert info.value.non_retryable and info.value.type == c.ErrorCode.POISONED
     assert "3 attempts" in info.value.message
 
 
@@ -339,7 +339,7 @@ async def test_shutdown_past_the_grace_period_still_hands_over(
     env.cancel(ActivityCancellationDetails(worker_shutdown=True))
     with pytest.raises(ApplicationError) as info:
         await asyncio.wait_for(task, timeout=60)
-    assert info.value.type == c.ERR_WORKER_SHUTDOWN
+    assert info.value.type == c.ErrorCode.WORKER_SHUTDOWN
     assert beats[-1]["step"] == beats[-1]["reached_step"] >= 6
     assert beats[-1]["attempt"] == beats[-1]["heartbeat_attempt"] == 1
 
@@ -359,6 +359,6 @@ async def test_an_unreadable_store_at_resume_retries_instead_of_starting_over(
     down = DiffusionActivities(model, store, policy=STEPS_POLICY)
     with pytest.raises(ApplicationError) as info:
         await env.run(down.generate_video, c.GenerateInput(req))
-    assert info.value.type == c.ERR_STORE_UNAVAILABLE and not info.value.non_retryable
+    assert info.value.type == c.ErrorCode.STORE_UNAVAILABLE and not info.value.non_retryable
     # The heartbeat still names the checkpoint for the next try.
     assert all(b["checkpoint_key"] == held["checkpoint_key"] for b in seen)

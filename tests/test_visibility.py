@@ -17,14 +17,13 @@ from datetime import UTC, datetime
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from videogen import contracts as c
 from videogen import visibility as vis
 from videogen.stack import Stack
 from videogen.temporal import connect
 
-MODEL_KEY = SearchAttributeKey.for_keyword(c.SA_MODEL)
 TRICKY = ["it's", 'say "hi"', "back\\slash", "end\\", "x' OR VideogenModel != 'y", '\\"\'']
 
 
@@ -55,7 +54,7 @@ async def tricky_jobs(stack: Stack) -> AsyncIterator[tuple[Client, str, list[str
     for name in names:
         handles.append(await client.start_workflow(
             c.WORKFLOW_NAME, id=f"vis-{uuid.uuid4().hex}", task_queue=f"vis-{run}",
-            search_attributes=TypedSearchAttributes([SearchAttributePair(MODEL_KEY, name)])))
+            search_attributes=TypedSearchAttributes([SearchAttributePair(c.MODEL_KEY, name)])))
     try:
         yield client, run, names
     finally:

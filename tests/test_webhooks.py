@@ -89,8 +89,8 @@ async def _deliver(url: str) -> int:
 
 
 @pytest.mark.parametrize(("status", "error_type", "final"), [
-    (302, c.ERR_WEBHOOK_REDIRECT, True),  # never followed, even to a 200
-    (410, c.ERR_WEBHOOK_GONE, True),  # the receiver asks us to stop
+    (302, c.ErrorCode.WEBHOOK_REDIRECT, True),  # never followed, even to a 200
+    (410, c.ErrorCode.WEBHOOK_GONE, True),  # the receiver asks us to stop
     (500, "WebhookRejected", False),  # retried (for up to a day)
 ])
 async def test_delivery_outcomes_by_status(answering: Callable[[int], str], status: int,
@@ -112,5 +112,5 @@ async def test_each_delivery_attempt_checks_the_url_again(
                          cpu_task_queue="q")
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(acts.deliver_webhook, inp)
-    assert err.value.type == c.ERR_WEBHOOK_UNSAFE and err.value.non_retryable
+    assert err.value.type == c.ErrorCode.WEBHOOK_UNSAFE and err.value.non_retryable
     assert "loopback" in err.value.message or "private" in err.value.message

@@ -52,7 +52,7 @@ async def test_invalid_input_fails_once_without_retry(client: Client, stack: Sta
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     v = wait_for(api, req.job_id, timeout_s=60)
     assert v["status"] == "failed", v
-    assert v["error"]["code"] == c.ERR_INVALID_INPUT
+    assert v["error"]["code"] == c.ErrorCode.INVALID_INPUT
     assert "num_frames" in v["error"]["message"]
     history = await client.get_workflow_handle(req.job_id).fetch_history()
     started = [e for e in history.events if e.HasField("activity_task_started_event_attributes")]

@@ -10,6 +10,11 @@ import os
 from dataclasses import dataclass
 
 TINY_MODEL = "videogen-tiny"
+# Limits of every model, whatever its spec: the API's schema, the spec default and the
+# pipeline's own check all read these. Seeds are signed 64-bit (JSON clients and Temporal's
+# payloads carry them exactly).
+MAX_STEPS = 500
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class ModelSpec:
     seconds: tuple[int, ...]
     default_seconds: int
     default_steps: int
-    max_steps: int = 500
+    max_steps: int = MAX_STEPS
     guidance_scale: float = 5.0
     # Local diffusers directory; None for the built-in tiny model.
     path: str | None = None

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from temporalio.common import SearchAttributeKey
+
+if TYPE_CHECKING:  # storage imports boto3: not for the workflow sandbox
+    from videogen.storage import ObjectStore
 
 # Temporal names shared by the API, the workers and operators (`temporal workflow ...`).
 WORKFLOW_NAME = "VideoGeneration"
@@ -38,31 +45,61 @@ SA_PRIORITY = "VideogenPriority"
 SA_GEN_SECONDS = "VideogenGenSeconds"
 SEARCH_ATTRIBUTES = {SA_USER: "Keyword", SA_TIER: "Keyword", SA_MODEL: "Keyword",
                      SA_STATUS: "Keyword", SA_PRIORITY: "Int", SA_GEN_SECONDS: "Double"}
+# The same attributes as typed keys, for starting, upserting and reading them.
+USER_KEY = SearchAttributeKey.for_keyword(SA_USER)
+TIER_KEY = SearchAttributeKey.for_keyword(SA_TIER)
+MODEL_KEY = SearchAttributeKey.for_keyword(SA_MODEL)
+STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
+PRIORITY_KEY = SearchAttributeKey.for_int(SA_PRIORITY)
+GEN_SECONDS_KEY = SearchAttributeKey.for_float(SA_GEN_SECONDS)
 
-# Error types: the workflow never retries these, the API maps them to `error.code`.
-ERR_INVALID_INPUT = "InvalidInput"
-ERR_MODEL_MISMATCH = "ModelMismatch"
-NON_RETRYABLE_ERRORS = [ERR_INVALID_INPUT, ERR_MODEL_MISMATCH]
-# Retryable: the attempt ended early on purpose (preemption) or on a bad step (NaN/Inf); the
-# retry resumes from the last checkpoint. PoisonedState becomes non-retryable when it repeats.
-ERR_WORKER_SHUTDOWN = "WorkerShutdown"
-ERR_POISONED = "PoisonedState"
-ERR_STORE_UNAVAILABLE = "StoreUnavailable"
-# The stored frames are not the ones the GPU attempt hashed: re-encoding cannot mend that.
-ERR_FRAMES_CORRUPT = "FramesCorrupt"
-# Webhook deliveries: these end a delivery at once; any other failure retries for a day.
-ERR_WEBHOOK_UNSAFE = "UnsafeWebhookURL"
-ERR_WEBHOOK_REDIRECT = "WebhookRedirect"
-ERR_WEBHOOK_GONE = "WebhookGone"
-WEBHOOK_NON_RETRYABLE = [ERR_WEBHOOK_UNSAFE, ERR_WEBHOOK_REDIRECT, ERR_WEBHOOK_GONE]
+class ErrorCode(StrEnum):
+    """`ApplicationError` types of our own; the API shows them as `error.code`."""
 
-# Job statuses (OpenAI Videos API) and the finer phases of our own.
-QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
-    "queued", "in_progress", "completed", "failed", "cancelled")
-PHASE_QUEUED, PHASE_STARTING, PHASE_DENOISING, PHASE_DECODING, PHASE_ENCODING = (
-    "queued", "starting", "denoising", "decoding", "encoding")
-# A retried attempt restoring a checkpoint: `resumed_from_step` says from where.
-PHASE_RESUMING = "resuming"
+    # Never retried: input that cannot be generated, a job on the wrong model's queue.
+    INVALID_INPUT = "InvalidInput"
+    MODEL_MISMATCH = "ModelMismatch"
+    # Retryable: the attempt ended early on purpose (preemption) or on a bad step (NaN/Inf);
+    # the retry resumes from the last checkpoint. POISONED becomes final when it repeats.
+    WORKER_SHUTDOWN = "WorkerShutdown"
+    POISONED = "PoisonedState"
+    STORE_UNAVAILABLE = "StoreUnavailable"
+    # The stored frames are not the ones the GPU attempt hashed: re-encoding cannot mend that.
+    FRAMES_CORRUPT = "FramesCorrupt"
+    # Webhook deliveries: these end a delivery at once; any other failure retries for a day.
+    WEBHOOK_UNSAFE = "UnsafeWebhookURL"
+    WEBHOOK_REDIRECT = "WebhookRedirect"
+    WEBHOOK_GONE = "WebhookGone"
+
+
+NON_RETRYABLE_ERRORS = [ErrorCode.INVALID_INPUT.value, ErrorCode.MODEL_MISMATCH.value]
+WEBHOOK_NON_RETRYABLE = [ErrorCode.WEBHOOK_UNSAFE.value, ErrorCode.WEBHOOK_REDIRECT.value,
+                         ErrorCode.WEBHOOK_GONE.value]
+
+
+class Status(StrEnum):
+    """A job's status, as the OpenAI Videos API names them."""
+
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Phase(StrEnum):
+    """What a job is doing, finer than its status; the last three end it."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    # A retried attempt restoring a checkpoint: `resumed_from_step` says from where.
+    RESUMING = "resuming"
+    DENOISING = "denoising"
+    DECODING = "decoding"
+    ENCODING = "encoding"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 def frames_key(job_id: str, attempt: int) -> str:
@@ -107,6 +144,15 @@ def tombstone_key(job_id: str) -> str:
     """Marks a deleted job: Temporal deletes executions asynchronously (~20 s on the dev server),
     and a deleted video must disappear from the API at once."""
     return f"deleted/{job_id}"
+
+
+def delete_job_assets(store: ObjectStore, job_id: str, *, outputs: bool) -> int:
+    """Delete a job's frames and checkpoints, and its published outputs too if `outputs`;
+    the number of objects removed. The one place that knows which prefixes a job owns."""
+    prefixes = [frames_prefix(job_id), checkpoints_prefix(job_id)]
+    if outputs:
+        prefixes.append(outputs_prefix(job_id))
+    return sum(store.delete_prefix(prefix) for prefix in prefixes)
 
 
 VARIANTS = {
@@ -232,7 +278,7 @@ class ProgressUpdate:
     """Sent by the GPU activity as a signal; `attempt` lets the workflow drop stale reports."""
 
     attempt: int
-    phase: str
+    phase: str  # a Phase; str for the sandbox, as in JobStatus
     step: int = 0
     total_steps: int = 0
     resumed_from_step: int | None = None
@@ -249,8 +295,10 @@ class JobError:
 class JobStatus:
     """What the `status` query returns: the live state of one job."""
 
-    status: str = QUEUED
-    phase: str = PHASE_QUEUED
+    # str, not Status/Phase: the workflow sandbox resolves payload type hints without this
+    # module's names (a signal typed with an enum fails to decode there, measured on replay).
+    status: str = Status.QUEUED
+    phase: str = Phase.QUEUED
     progress: int = 0
     # Bumped on every change: the id of server-sent events, so a viewer that reconnects with
     # Last-Event-ID gets only what it missed.

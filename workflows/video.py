@@ -14,7 +14,7 @@ import json
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -25,9 +25,6 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from videogen import contracts as c
-
-STATUS_KEY = SearchAttributeKey.for_keyword(c.SA_STATUS)
-GEN_SECONDS_KEY = SearchAttributeKey.for_float(c.SA_GEN_SECONDS)
 
 # Preemption-class failures retry forever (a spot fleet can lose a job many times); input that
 # cannot be generated never retries.
@@ -65,17 +62,17 @@ class VideoGeneration:
         s = self._state
         # A stale attempt (timed out, retried elsewhere) may still report: ignore it. Reports
         # after the GPU phase ended (late signal delivery) must not move the job backwards.
-        if update.attempt < s.attempt or s.status not in (c.QUEUED, c.IN_PROGRESS):
+        if update.attempt < s.attempt or s.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
             return
-        if s.phase == c.PHASE_ENCODING:
+        if s.phase == c.Phase.ENCODING:
             return
-        if s.status == c.QUEUED:
-            self._change(status=c.IN_PROGRESS)
+        if s.status == c.Status.QUEUED:
+            self._change(status=c.Status.IN_PROGRESS)
         total = update.total_steps or s.total_steps
-        if update.phase in (c.PHASE_DENOISING, c.PHASE_RESUMING) and total:
+        if update.phase in (c.Phase.DENOISING, c.Phase.RESUMING) and total:
             span = PROGRESS_DECODING - PROGRESS_STARTING
             progress = PROGRESS_STARTING + span * update.step // total
-        elif update.phase == c.PHASE_DECODING:
+        elif update.phase == c.Phase.DECODING:
             progress = PROGRESS_DECODING
         else:
             progress = max(s.progress, PROGRESS_STARTING)
@@ -83,7 +80,7 @@ class VideoGeneration:
                      total_steps=total, resumed_from_step=update.resumed_from_step,
                      wasted_steps=max(s.wasted_steps, update.wasted_steps), progress=progress)
 
-    def _change(self, *, status: str | None = None, gen_seconds: float | None = None,
+    def _change(self, *, status: c.Status | None = None, gen_seconds: float | None = None,
                 **fields: object) -> None:
         """Every change of the job's state goes through here: the fields, then the status
         (mirrored in its search attribute), as one event for viewers (`seq` + 1)."""
@@ -93,9 +90,9 @@ class VideoGeneration:
             setattr(self._state, name, value)
         if status is not None:
             self._state.status = status
-            updates = [STATUS_KEY.value_set(status)]
+            updates = [c.STATUS_KEY.value_set(status)]
             if gen_seconds is not None:  # one upsert command either way: replay stays compatible
-                updates.append(GEN_SECONDS_KEY.value_set(gen_seconds))
+                updates.append(c.GEN_SECONDS_KEY.value_set(gen_seconds))
             workflow.upsert_search_attributes(updates)
         self._state.seq += 1
 
@@ -110,9 +107,9 @@ class VideoGeneration:
             self._progress_task = asyncio.create_task(self._progress_webhooks(req))
         try:
             gen = await self._generate(req)
-            if self._state.status == c.QUEUED:  # finished before its first signal arrived
-                self._change(status=c.IN_PROGRESS)
-            self._change(phase=c.PHASE_ENCODING, progress=PROGRESS_ENCODING,
+            if self._state.status == c.Status.QUEUED:  # finished before its first signal arrived
+                self._change(status=c.Status.IN_PROGRESS)
+            self._change(phase=c.Phase.ENCODING, progress=PROGRESS_ENCODING,
                          attempt=gen.attempt, resumed_from_step=gen.resumed_from_step,
                          wasted_steps=gen.wasted_steps)
             encoded = await workflow.execute_activity(
@@ -129,18 +126,18 @@ class VideoGeneration:
             if is_cancelled_exception(err):
                 # The GPU activity was cancelled and has stopped (WAIT_CANCELLATION_COMPLETED):
                 # clean up what it left, then end the workflow as cancelled.
-                self._change(status=c.CANCELLED, phase=c.CANCELLED)
+                self._change(status=c.Status.CANCELLED, phase=c.Phase.CANCELLED)
                 await self._cleanup(req, remove_outputs=True)
-                await self._notify(req, c.CANCELLED)
-                _ended(req, c.CANCELLED)
+                await self._notify(req, c.Status.CANCELLED)
+                _ended(req, c.Status.CANCELLED)
                 raise
             assert isinstance(err, ActivityError)
             code, message = _describe_failure(err)
-            self._change(status=c.FAILED, phase=c.FAILED,
+            self._change(status=c.Status.FAILED, phase=c.Phase.FAILED,
                          error=c.JobError(code=code, message=message))
             await self._cleanup(req, remove_outputs=True)
-            await self._notify(req, c.FAILED)
-            _ended(req, c.FAILED, code=code)
+            await self._notify(req, c.Status.FAILED)
+            _ended(req, c.Status.FAILED, code=code)
             raise ApplicationError(message, type=code, non_retryable=True) from err
 
         result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
@@ -148,8 +145,8 @@ class VideoGeneration:
                              resumed_from_step=gen.resumed_from_step,
                              wasted_steps=gen.wasted_steps, warm=gen.warm,
                              model_load_seconds=gen.model_load_seconds)
-        self._change(status=c.COMPLETED, gen_seconds=gen.generation_seconds, result=result,
-                     phase=c.COMPLETED, progress=100)
+        self._change(status=c.Status.COMPLETED, gen_seconds=gen.generation_seconds, result=result,
+                     phase=c.Phase.COMPLETED, progress=100)
         if req.retention_s > 0:
             await workflow.start_child_workflow(
                 c.RETENTION_WORKFLOW,
@@ -159,8 +156,8 @@ class VideoGeneration:
                 task_queue=req.cpu_task_queue,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
             )
-        await self._notify(req, c.COMPLETED)
-        _ended(req, c.COMPLETED, attempt=gen.attempt,
+        await self._notify(req, c.Status.COMPLETED)
+        _ended(req, c.Status.COMPLETED, attempt=gen.attempt,
                generation_seconds=round(gen.generation_seconds, 3))
         return result
 
@@ -182,7 +179,7 @@ class VideoGeneration:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
 
-    async def _notify(self, req: c.VideoRequest, status: str) -> None:
+    async def _notify(self, req: c.VideoRequest, status: c.Status) -> None:
         """Hand the job's final event to a durable, abandoned delivery workflow (if asked)."""
         event = f"video.{status}"
         wanted = req.webhook_events or c.WEBHOOK_FINAL_EVENTS
@@ -194,7 +191,7 @@ class VideoGeneration:
         sent = None
         while True:
             await workflow.wait_condition(lambda last=sent: self._milestone() != last)
-            if self._state.status not in (c.QUEUED, c.IN_PROGRESS):
+            if self._state.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
                 return  # the final event is _notify's
             sent = self._milestone()
             await self._send(req, c.WEBHOOK_PROGRESS_EVENT, f"progress-{self._state.seq}")
@@ -237,7 +234,7 @@ class VideoGeneration:
         )
 
 
-def _ended(req: c.VideoRequest, outcome: str, **fields: object) -> None:
+def _ended(req: c.VideoRequest, outcome: c.Status, **fields: object) -> None:
     """Count and log a job's end. The workflow metric meter records nothing while replaying,
     so each job is counted once (`videogen_jobs_total` on the CPU worker's /metrics)."""
     workflow.metric_meter().create_counter(

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 from temporalio.client import WorkflowExecutionStatus
 
-from api import jobs
+from api import jobs, presenter
 from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
 from api.schemas import Video
 from videogen import contracts as c
@@ -64,18 +64,18 @@ async def video_events(
         polls = 0
         while not await request.is_disconnected():
             # The query refuses closed workflows (terminated, timed out: no signal tells them).
-            state = await jobs.query_state(handle)
+            state = await presenter.query_state(handle)
             polls += 1
-            if state is None or state.status not in (c.QUEUED, c.IN_PROGRESS) or (
+            if state is None or state.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS) or (
                     polls % DESCRIBE_EVERY == 0):
                 current = await handle.describe()
                 if current.status != WorkflowExecutionStatus.RUNNING:
-                    video = await jobs.to_video(handle, current)
+                    video = await presenter.to_video(handle, current)
                     yield sse(video.status, END_ID, video)
                     return
             if state is not None and state.seq > seen:
-                video = await jobs.to_video(handle, ex, live=False)
-                jobs.apply_state(video, state)
+                video = await presenter.to_video(handle, ex, live=False)
+                presenter.apply_state(video, state)
                 yield sse("progress", str(state.seq), video)
                 seen, quiet_since = state.seq, time.monotonic()
             elif time.monotonic() - quiet_since >= settings.events_keepalive_s:

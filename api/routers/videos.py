@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from api import admission, jobs
+from api import admission, jobs, presenter
 from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
 from api.errors import ApiError, validation_error
 from api.routers import files
@@ -145,7 +145,7 @@ async def create_video(request: Request, response: Response, key: KeyDep,
         found = await admission.existing(client, store, req.job_id, key, fingerprint)
         if found is not None:
             response.headers["Idempotent-Replayed"] = "true"
-            return await jobs.to_video(*found, live=False)
+            return await presenter.to_video(*found, live=False)
     policy = settings.tiers[key.tier]
     try:
         await admission.enforce_limits(client, key, policy)
@@ -156,7 +156,7 @@ async def create_video(request: Request, response: Response, key: KeyDep,
             found = await admission.existing(client, store, req.job_id, key, fingerprint)
             if found is not None:
                 response.headers["Idempotent-Replayed"] = "true"
-                return await jobs.to_video(*found, live=False)
+                return await presenter.to_video(*found, live=False)
         raise
     await jobs.start(client, req, key, policy, fingerprint=fingerprint,
                      idempotent=idem is not None)
@@ -165,9 +165,9 @@ async def create_video(request: Request, response: Response, key: KeyDep,
         # A concurrent request with this key may have won the start: same checks as a replay.
         found = await admission.existing(client, store, req.job_id, key, fingerprint)
         if found is not None:
-            return await jobs.to_video(*found, live=False)
+            return await presenter.to_video(*found, live=False)
     handle, ex = await jobs.owned_handle(client, store, req.job_id, key)
-    return await jobs.to_video(handle, ex, live=False)
+    return await presenter.to_video(handle, ex, live=False)
 
 
 @router.get("", response_model=VideoList)
@@ -192,8 +192,8 @@ async def list_videos(
 async def retrieve_video(video_id: str, key: KeyDep, settings: SettingsDep, client: ClientDep,
                          store: StoreDep) -> Video:
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
-    return await jobs.to_video(handle, ex, client=client,
-                               queue_tiers=settings.tiers_sharing_pool(key.tier))
+    return await presenter.to_video(handle, ex, client=client,
+                                    queue_tiers=settings.tiers_sharing_pool(key.tier))
 
 
 @router.get("/{video_id}/content")
@@ -253,7 +253,7 @@ async def cancel_video(video_id: str, key: KeyDep, client: ClientDep,
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
     await jobs.cancel(handle, ex)
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
-    return await jobs.to_video(handle, ex)
+    return await presenter.to_video(handle, ex)
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted)
@@ -267,9 +267,7 @@ async def delete_video(video_id: str, key: KeyDep, client: ClientDep,
     def remove() -> None:
         # Tombstone first: from here on the job is gone for the API, whatever fails next.
         store.put(c.tombstone_key(video_id), b"")
-        store.delete_prefix(c.outputs_prefix(video_id))
-        store.delete_prefix(c.frames_prefix(video_id))
-        store.delete_prefix(c.checkpoints_prefix(video_id))
+        c.delete_job_assets(store, video_id, outputs=True)
 
     await asyncio.to_thread(remove)
     try:

@@ -1,0 +1,123 @@
+"""The Video object of a job: its memo and visibility record, plus its live workflow state.
+
+A running job answers the `status` query (its phase, step, attempt); a closed one is read from
+its history (result or failure) without any worker. A queued job also gets its position and
+estimated start (api.queue).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
+from temporalio.client import WorkflowExecution as Execution
+from temporalio.common import QueryRejectCondition
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from api.queue import queue_estimate
+from api.schemas import Video, VideoError
+from videogen import contracts as c
+
+QUERY_TIMEOUT = timedelta(seconds=5)
+log = structlog.get_logger(__name__)
+
+
+async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
+                   client: Client | None = None, queue_tiers: list[str] | None = None) -> Video:
+    """Build the Video object from the execution, plus (if `live`) the workflow's own state;
+    with a `client`, a queued job also gets its queue position and estimated start."""
+    memo = await ex.memo()
+    video = Video(
+        id=ex.id,
+        status=c.Status.QUEUED,
+        created_at=int(ex.start_time.timestamp()),
+        completed_at=int(ex.close_time.timestamp()) if ex.close_time else None,
+        model=memo["model"],
+        prompt=memo["prompt"],
+        seconds=str(memo["seconds"]),
+        size=memo["size"],
+        seed=memo["seed"],
+        negative_prompt=memo.get("negative_prompt", ""),
+        metadata=memo.get("metadata") or {},
+        total_steps=memo["num_inference_steps"],
+    )
+    status = ex.status
+    if status == WorkflowExecutionStatus.RUNNING:
+        state = await query_state(handle) if live else None
+        if state is None:  # no worker answered: fall back to what visibility knows
+            video.status = ex.typed_search_attributes.get(c.STATUS_KEY) or c.Status.QUEUED
+            if video.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
+                video.status = c.Status.IN_PROGRESS
+        else:
+            apply_state(video, state)
+        if client is not None and video.status == c.Status.QUEUED:
+            try:
+                video.queue_position, video.estimated_start_at = await queue_estimate(
+                    client, ex, memo.get("gpu_task_queue"), queue_tiers)
+            except RPCError as err:  # an estimate is optional: never fail the read for it
+                log.warning("queue estimate unavailable", job_id=ex.id, error=str(err))
+    elif status == WorkflowExecutionStatus.COMPLETED:
+        video.status, video.phase, video.progress = c.Status.COMPLETED, c.Phase.COMPLETED, 100
+        if memo.get("retention_s") and ex.close_time:
+            video.expires_at = int(ex.close_time.timestamp() + memo["retention_s"])
+        video.step = video.total_steps
+        if live:  # the result is in the history: one read, no worker needed
+            result: c.JobResult = await handle.result()
+            video.attempt = result.attempt
+            video.resumed_from_step = result.resumed_from_step
+            video.wasted_steps = result.wasted_steps
+            video.frames_sha256 = result.video.frames_sha256 or None
+            video.video_sha256 = result.video.video_sha256
+    elif status == WorkflowExecutionStatus.CANCELED:
+        video.status = video.phase = c.Phase.CANCELLED
+    else:
+        video.status = video.phase = c.Phase.FAILED
+        video.error = await _failure(handle, status)
+    return video
+
+
+async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:
+    """The running workflow's live state; None if it is closed (no replay of a closed job) or
+    no worker answered in time."""
+    try:
+        return await handle.query(c.QUERY_STATUS, result_type=c.JobStatus,
+                                  reject_condition=QueryRejectCondition.NOT_OPEN,
+                                  rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return None
+
+
+def apply_state(video: Video, s: c.JobStatus) -> None:
+    open_statuses = (c.Status.QUEUED, c.Status.IN_PROGRESS)
+    video.status = s.status if s.status in open_statuses else c.Status.IN_PROGRESS
+    video.phase = s.phase
+    video.progress = s.progress
+    video.step = s.step
+    video.total_steps = s.total_steps or video.total_steps
+    video.attempt = s.attempt
+    video.resumed_from_step = s.resumed_from_step
+    video.wasted_steps = s.wasted_steps
+
+
+async def _failure(handle: WorkflowHandle, status: WorkflowExecutionStatus | None) -> VideoError:
+    if status == WorkflowExecutionStatus.TERMINATED:
+        return VideoError(code="terminated", message="the job was terminated by an operator")
+    if status == WorkflowExecutionStatus.TIMED_OUT:
+        return VideoError(code="timed_out", message="the job ran past its time limit")
+    try:
+        await handle.result()
+    except WorkflowFailureError as err:
+        cause = err.cause
+        if isinstance(cause, ApplicationError):
+            return VideoError(code=cause.type or "generation_failed", message=cause.message)
+        return VideoError(code="generation_failed", message=str(cause or err))
+    return VideoError(code="generation_failed", message="the job failed")
