@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a red fox running through fresh snow
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test up lint clean bench sim tools
+.PHONY: venv demo test test-fast up lint clean bench sim tools
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ $(BIN)/promtool: | $(VENV)/.installed
 
 test: venv lint tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: no services, nothing slow (pytest markers `stack` and `slow`), about a minute.
+test-fast: venv tools
+	$(BIN)/python -m pytest -m "not stack and not slow" -q $(PYTEST_ARGS)
 
 # Benchmarks of the service on the embedded stack: figures printed and written to
 # benchmarks/results/ (never part of `make test`'s pass/fail).

@@ -19,7 +19,12 @@ from temporalio.client import WorkflowExecution as Execution
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import jobs
-from api.errors import ApiError
+from api.errors import (
+    ConflictError,
+    InvalidRequestError,
+    RateLimitedError,
+    UnavailableError,
+)
 from api.schemas import CreateVideoBody
 from videogen import contracts as c
 from videogen import visibility as vis
@@ -42,9 +47,9 @@ def idempotency_key(raw: str | None) -> str | None:
         return None
     key = raw.strip()
     if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
-        raise ApiError(400, f"{IDEMPOTENCY_HEADER}: 1-{MAX_IDEMPOTENCY_KEY} printable ASCII "
-                       "characters (a UUID is a good choice)", param=IDEMPOTENCY_HEADER,
-                       code="invalid_idempotency_key")
+        raise InvalidRequestError(f"{IDEMPOTENCY_HEADER}: 1-{MAX_IDEMPOTENCY_KEY} printable "
+                                  "ASCII characters (a UUID is a good choice)",
+                                  param=IDEMPOTENCY_HEADER, code="invalid_idempotency_key")
     return key
 
 
@@ -78,15 +83,15 @@ async def existing(client: Client, store: ObjectStore, job_id: str, key: ApiKey,
         raise _deleted()
     memo = await desc.memo()
     if memo.get("request_fingerprint") != expected:
-        raise ApiError(409, f"{IDEMPOTENCY_HEADER} was already used for a different request "
-                       f"(video {job_id}); use a new key for a new request",
-                       param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+        raise ConflictError(f"{IDEMPOTENCY_HEADER} was already used for a different request "
+                            f"(video {job_id}); use a new key for a new request",
+                            param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
     return handle, desc
 
 
-def _deleted() -> ApiError:
-    return ApiError(409, f"the video this {IDEMPOTENCY_HEADER} created has been deleted; use a "
-                    "new key", param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+def _deleted() -> ConflictError:
+    return ConflictError(f"the video this {IDEMPOTENCY_HEADER} created has been deleted; use "
+                         "a new key", param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
 
 
 async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> None:
@@ -115,14 +120,14 @@ async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> Non
             retry = await _per_minute_retry(client, query, since, count.count - limit) \
                 if name.endswith("per_minute") else CONCURRENT_RETRY_AFTER_S
             RATE_LIMITED.labels(limit=name).inc()
-            raise ApiError(
-                429, f"rate limit reached: {what.format(n=limit)} (tier {key.tier!r}, limit "
-                f"{name}); retry after {retry} s", code=name, headers={"Retry-After": str(retry)})
+            raise RateLimitedError(
+                f"rate limit reached: {what.format(n=limit)} (tier {key.tier!r}, limit "
+                f"{name}); retry after {retry} s", code=name, retry_after_s=retry)
     except RPCError as err:
         if err.status in TRANSIENT:  # the client should retry, not see a 500
-            raise ApiError(503, f"cannot check rate limits right now ({err.message}); "
-                           "retry shortly", code="service_unavailable",
-                           headers={"Retry-After": "2"}) from None
+            raise UnavailableError(f"cannot check rate limits right now ({err.message}); "
+                                   "retry shortly", code="service_unavailable",
+                                   retry_after_s=2) from None
         raise
 
 

@@ -30,7 +30,54 @@ _TYPES = {
 }
 
 
+class ServiceError(Exception):
+    """A request the service refuses for what it asks, not for its form: no such video, a
+    state conflict, a limit, a dependency down. Service code (api.jobs, api.admission, the
+    routers' job logic) raises the subclasses below; `install` alone gives each its HTTP
+    status (`_SERVICE_STATUS`)."""
+
+    def __init__(self, message: str, *, code: str, param: str | None = None,
+                 retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequestError(ServiceError):
+    """A value the service itself finds unusable (a forged or expired list cursor)."""
+
+
+class NotFoundError(ServiceError):
+    """The thing does not exist, or is not the caller's (never say which)."""
+
+
+class ConflictError(ServiceError):
+    """The request contradicts the job's state or an earlier request."""
+
+
+class RateLimitedError(ServiceError):
+    """Over one of the tier's limits; `retry_after_s` says when one more would fit."""
+
+
+class UnavailableError(ServiceError):
+    """A dependency cannot answer right now; the same request later may succeed."""
+
+
+_SERVICE_STATUS: dict[type[ServiceError], int] = {
+    InvalidRequestError: 400, NotFoundError: 404, ConflictError: 409, RateLimitedError: 429,
+    UnavailableError: 503,
+}
+
+
+def service_status(err: ServiceError) -> int:
+    return next(status for kind, status in _SERVICE_STATUS.items() if isinstance(err, kind))
+
+
 class ApiError(Exception):
+    """An error at the HTTP edge (authentication, a malformed request), with its status."""
+
     def __init__(
         self,
         status: int,
@@ -70,6 +117,13 @@ def install(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.status, exc.message, exc.param, exc.code),
                             status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        status = service_status(exc)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return JSONResponse(error_body(status, exc.message, exc.param, exc.code),
+                            status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

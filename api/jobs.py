@@ -27,7 +27,7 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import ApiError
+from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.presenter import to_video
 from api.schemas import Video
 from videogen import contracts as c
@@ -102,8 +102,8 @@ async def owned_handle(
     client: Client, store: ObjectStore, job_id: str, key: ApiKey
 ) -> tuple[WorkflowHandle, Execution]:
     """The job's handle and description; 404 if it does not exist or belongs to someone else."""
-    not_found = ApiError(404, f"no video with id {job_id!r}", param="video_id",
-                         code="video_not_found")
+    not_found = NotFoundError(f"no video with id {job_id!r}", param="video_id",
+                              code="video_not_found")
     if not job_id.startswith("video_") or len(job_id) > 100:
         raise not_found
     handle = client.get_workflow_handle(job_id, result_type=c.JobResult)
@@ -134,8 +134,8 @@ def encode_cursor(token: bytes | None) -> str | None:
 def decode_cursor(cursor: str | None) -> bytes | None:
     if not cursor:
         return None
-    bad = ApiError(400, "after: not a cursor returned by this API; pass the previous page's "
-                   "next_cursor", param="after", code="invalid_cursor")
+    bad = InvalidRequestError("after: not a cursor returned by this API; pass the previous "
+                              "page's next_cursor", param="after", code="invalid_cursor")
     if not cursor.startswith(CURSOR_PREFIX):
         raise bad
     try:
@@ -157,8 +157,8 @@ async def list_page(client: Client, store: ObjectStore, key: ApiKey, limit: int,
         # A well-formed but forged or stale token is rejected by the server as INVALID_ARGUMENT
         # or, by the SQL visibility store, as UNKNOWN.
         if after and err.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.UNKNOWN):
-            raise ApiError(400, "after: invalid or expired cursor", param="after",
-                           code="invalid_cursor") from None
+            raise InvalidRequestError("after: invalid or expired cursor", param="after",
+                                      code="invalid_cursor") from None
         raise
     videos = []
     for ex in it.current_page or []:
@@ -172,8 +172,8 @@ async def list_page(client: Client, store: ObjectStore, key: ApiKey, limit: int,
 
 async def cancel(handle: WorkflowHandle, ex: Execution) -> None:
     if ex.status != WorkflowExecutionStatus.RUNNING:
-        raise ApiError(409, f"video {ex.id} has already finished; only a queued or in-progress "
-                       "video can be cancelled", code="video_not_cancellable")
+        raise ConflictError(f"video {ex.id} has already finished; only a queued or "
+                            "in-progress video can be cancelled", code="video_not_cancellable")
     await handle.cancel()
 
 

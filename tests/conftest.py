@@ -17,6 +17,17 @@ from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack
 
+# Fixtures that start services: a test that uses any of them (directly or through another
+# fixture) is marked `stack` and left out of `make test-fast`.
+SERVICE_FIXTURES = {"stack", "pstack", "s3_stack", "moto_s3"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+
+
 OTHER_KEY = "other-key"
 # An internal-tier user only tests/test_observability.py submits as, so its metric deltas are
 # its own; and the admin key of the session stack's /v1/admin endpoints.

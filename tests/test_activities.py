@@ -226,6 +226,7 @@ async def test_a_crash_resumes_from_the_last_heartbeated_checkpoint(
     _assert_reference(store, out, model, req)
 
 
+@pytest.mark.slow
 async def test_a_checkpoint_newer_than_the_last_heartbeat_is_used(
         model: pipeline.LoadedModel, tmp_path: Path) -> None:
     store = FileStore(tmp_path)
@@ -238,6 +239,7 @@ async def test_a_checkpoint_newer_than_the_last_heartbeat_is_used(
     _assert_reference(store, out, model, req)
 
 
+@pytest.mark.slow
 async def test_no_usable_checkpoint_starts_over_and_says_so(
         model: pipeline.LoadedModel, tmp_path: Path) -> None:
     store = FileStore(tmp_path)

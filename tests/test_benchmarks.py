@@ -17,6 +17,7 @@ from benchmarks.results import Benchmark, percentile, to_markdown, write
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_checkpoint_overhead_benchmark_runs() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "checkpoint_overhead.py"), "--size", "64x64",

@@ -38,7 +38,7 @@ def _params(**kw: object) -> pipeline.GenerationParams:
     return dataclasses.replace(p, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.stack)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "file":
         return FileStore(tmp_path / "store")

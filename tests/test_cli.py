@@ -61,6 +61,7 @@ def test_client_errors_are_one_clear_line(stack: Stack, tmp_path: Path) -> None:
     assert down.returncode == 1 and "cannot reach the API" in down.stderr
 
 
+@pytest.mark.stack  # its own dev server
 def test_dev_server_keeps_workflows_across_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "temporal.db"
     server = DevServer(db_file=db, port=free_port(), ui_port=None, log_file=tmp_path / "log")
@@ -83,6 +84,7 @@ def test_dev_server_keeps_workflows_across_a_restart(tmp_path: Path) -> None:
     assert "survivor" in desc.stdout and "Anything" in desc.stdout
 
 
+@pytest.mark.stack  # its own dev server
 def test_an_older_database_gets_the_new_search_attributes(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A .data/temporal.db made by an older version lacks newer search attributes (the

@@ -27,6 +27,8 @@ from helpers import reference_frames
 from activities import media
 from videogen import catalog
 
+pytestmark = pytest.mark.slow
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBE = str(Path(__file__).with_name("determinism_probe.py"))
 SIZES = catalog.TINY_SPEC.sizes

@@ -113,6 +113,7 @@ def test_load_from_directory_keeps_weights_and_output(model: LoadedModel, tmp_pa
     assert np.array_equal(generate(loaded, params), generate(model, params))
 
 
+@pytest.mark.slow
 def test_tiny_weights_are_the_same_in_another_process() -> None:
     code = (
         "from activities.pipeline import build_tiny_pipeline, weights_hash;"

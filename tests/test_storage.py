@@ -36,7 +36,7 @@ from videogen.storage import (
 S3_PREFIX = "pfx/sub"
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.stack)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "file":
         return FileStore(tmp_path / "store")

@@ -89,6 +89,7 @@ def test_recorded_histories_exist() -> None:
     assert {p.stem for p in HISTORIES.glob("*.json")} >= {"completed", "cancelled"}
 
 
+@pytest.mark.slow  # fresh processes of the CLI
 def test_replay_cli(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "videogen.cli", "replay",
                           str(HISTORIES / "completed.json")],

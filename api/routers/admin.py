@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import ClientDep, SettingsDep
-from api.errors import ApiError
+from api.errors import ApiError, NotFoundError
 from api.fleet import FleetCache
 
 router = APIRouter(prefix="/v1/admin", tags=["operations"])
@@ -17,8 +17,8 @@ router = APIRouter(prefix="/v1/admin", tags=["operations"])
 def require_admin(request: Request, settings: SettingsDep) -> None:
     if not settings.admin_key:
         # Off unless configured: do not even admit the endpoint exists.
-        raise ApiError(404, "admin endpoints are off; set VIDEOGEN_ADMIN_KEY to enable them",
-                       code="not_found")
+        raise NotFoundError("admin endpoints are off; set VIDEOGEN_ADMIN_KEY to enable them",
+                            code="not_found")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing admin key: send `Authorization: Bearer <admin key>`",

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import SettingsDep, StoreDep
-from api.errors import ApiError
+from api.errors import ApiError, NotFoundError
 from videogen import contracts as c
 from videogen.storage import NotFound, ObjectStore
 
@@ -40,8 +40,8 @@ async def stream(store: ObjectStore, video_id: str, variant: str,
     try:
         size = await asyncio.to_thread(store.size, obj)
     except NotFound:
-        raise ApiError(404, f"the {variant} of video {video_id} is no longer stored (expired "
-                       "or deleted)", code="content_gone") from None
+        raise NotFoundError(f"the {variant} of video {video_id} is no longer stored (expired "
+                            "or deleted)", code="content_gone") from None
     ext = name.rsplit(".", 1)[-1]
     return StreamingResponse(
         store.iter_chunks(obj), media_type=media_type,
@@ -67,6 +67,6 @@ async def signed_file(
         raise ApiError(403, "this link has expired; ask for a new one with "
                        "GET /v1/videos/{id}/content_url", code="url_expired")
     if await asyncio.to_thread(store.exists, c.tombstone_key(video_id)):
-        raise ApiError(404, f"video {video_id} was deleted", code="content_gone")
+        raise NotFoundError(f"video {video_id} was deleted", code="content_gone")
     return await stream(store, video_id, variant, c.outputs_prefix(video_id) +
                         c.VARIANTS[variant][0])

@@ -22,7 +22,7 @@ from temporalio.service import RPCError
 
 from api import admission, jobs, presenter
 from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
-from api.errors import ApiError, validation_error
+from api.errors import ApiError, ConflictError, NotFoundError, validation_error
 from api.routers import files
 from api.schemas import ContentURL, CreateVideoBody, Video, VideoDeleted, VideoList
 from videogen import contracts as c
@@ -216,8 +216,8 @@ async def _content_object(client: Client, store: ObjectStore, video_id: str, key
                        param="variant", code="invalid_value")
     _, ex = await jobs.owned_handle(client, store, video_id, key)
     if ex.status != WorkflowExecutionStatus.COMPLETED:
-        raise ApiError(409, f"video {video_id} is not completed; its content is available once "
-                       "status is 'completed'", code="video_not_ready")
+        raise ConflictError(f"video {video_id} is not completed; its content is available "
+                            "once status is 'completed'", code="video_not_ready")
     return c.outputs_prefix(video_id) + c.VARIANTS[variant][0]
 
 
@@ -235,8 +235,8 @@ async def content_url(
     CDN): presigned by S3 on s3://, HMAC-signed by this API on file://."""
     obj = await _content_object(client, store, video_id, key, variant)
     if not await asyncio.to_thread(store.exists, obj):
-        raise ApiError(404, f"the {variant} of video {video_id} is no longer stored (expired "
-                       "or deleted)", code="content_gone")
+        raise NotFoundError(f"the {variant} of video {video_id} is no longer stored (expired "
+                            "or deleted)", code="content_gone")
     expires = int(time.time() + settings.signed_url_ttl_s)
     presign = getattr(store, "presigned_get_url", None)
     if presign is not None:
@@ -261,8 +261,8 @@ async def delete_video(video_id: str, key: KeyDep, client: ClientDep,
                        store: StoreDep) -> VideoDeleted:
     _, ex = await jobs.owned_handle(client, store, video_id, key)
     if ex.status == WorkflowExecutionStatus.RUNNING:
-        raise ApiError(409, f"video {video_id} is still running; cancel it first "
-                       f"(POST /v1/videos/{video_id}/cancel)", code="video_running")
+        raise ConflictError(f"video {video_id} is still running; cancel it first "
+                            f"(POST /v1/videos/{video_id}/cancel)", code="video_running")
 
     def remove() -> None:
         # Tombstone first: from here on the job is gone for the API, whatever fails next.
