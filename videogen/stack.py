@@ -7,20 +7,25 @@ process supervisor in production would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from videogen import contracts as c
 from videogen.devserver import DevServer, free_port, port_open
+from videogen.settings import Settings
 
 
 @dataclass
@@ -130,31 +135,33 @@ class Stack:
         raise TimeoutError(f"API not healthy at {self.api_url} after {timeout_s}s")
 
     def wait_gpu_workers(self, n: int, timeout_s: float = 120.0) -> None:
-        """Wait until `n` GPU workers (restarted ones included) have loaded their model and poll.
+        """Wait until `n` GPU worker processes (restarted ones included) poll their task queue.
 
-        Judged from their log files ("gpu worker ready" once per start), so only with a
-        `log_dir`; without one this returns at once.
+        Judged from the workers themselves, as Temporal lists their pollers: a worker polls
+        only once its model is loaded, and its identity (`pid@host`) names the very process.
         """
-        if self.log_dir is None:
-            return
+        queue = self.gpu_task_queue()
         deadline = time.monotonic() + timeout_s
         while True:
             self.check()
-            ready = 0
-            for child in self.children:
-                if not child.name.startswith("gpu-worker") or child.process is None:
-                    continue
-                if child.process.poll() is not None:
-                    continue
-                log = self.log_dir / f"{child.name}.log"
-                starts = log.read_text(errors="replace").count("gpu worker ready") \
-                    if log.exists() else 0
-                ready += starts > child.restarts
+            alive = {ch.process.pid for ch in self.children
+                     if ch.name.startswith("gpu-worker") and ch.process is not None
+                     and ch.process.poll() is None}
+            ready = len(alive & polling_pids(f"127.0.0.1:{self.temporal_port}", queue))
             if ready >= n:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{ready} of {n} GPU workers ready after {timeout_s}s")
-            time.sleep(0.1)
+                raise TimeoutError(f"{ready} of {n} GPU workers polling {queue!r} after "
+                                   f"{timeout_s}s")
+            time.sleep(0.2)
+
+    def gpu_task_queue(self) -> str:
+        """The queue the stack's GPU workers poll, from the settings their environment gives."""
+        env = self.child_env()
+        fields = ("task_queue_prefix", "model", "model_name", "worker_pool")
+        settings = Settings(**{f: env[f"VIDEOGEN_{f.upper()}"] for f in fields  # type: ignore[arg-type]
+                               if f"VIDEOGEN_{f.upper()}" in env})
+        return settings.gpu_task_queue(settings.model_spec.name, settings.worker_pool)
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
@@ -189,6 +196,22 @@ class Stack:
                 child.process.wait()
         if self.server:
             self.server.stop()
+
+
+def polling_pids(address: str, queue: str) -> set[int]:
+    """Pids of the processes Temporal lists as polling `queue` for activities (from their
+    `pid@host` identities). Synchronous: it runs its own event loop in a thread, so it can be
+    called from sync code and from inside a running loop alike."""
+    async def ask() -> set[int]:
+        client = await Client.connect(address)
+        resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace=client.namespace, task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY))
+        pids = (p.identity.split("@", 1)[0] for p in resp.pollers)
+        return {int(pid) for pid in pids if pid.isdigit()}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, ask()).result()
 
 
 async def gpu_worker_pid(client: Client, job_id: str) -> int | None:
