@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -80,7 +80,7 @@ class _Prior:
     poisoned: int
 
     @classmethod
-    def parse(cls, details: list[Any] | tuple[Any, ...]) -> _Prior:
+    def parse(cls, details: Sequence[Any]) -> _Prior:
         raw = details[0] if details and isinstance(details[0], dict) else None
         d = raw or {}
 
@@ -306,7 +306,7 @@ class DiffusionActivities:
                logger: structlog.typing.FilteringBoundLogger) -> pipeline.DenoiseState:
         """The state to denoise from: the newest usable checkpoint, else step 0."""
         prior, p = run.prior, run.progress
-        found, skipped = None, []
+        found, skipped = None, list[str]()
         if prior.raw is not None or run.attempt > 1:
             p.phase = c.Phase.RESUMING
             try:
@@ -466,6 +466,7 @@ async def _own_workflow() -> WorkflowExecutionDescription | None:
     """This activity's workflow as the server sees it; None if that cannot be told (no client
     in unit tests, server busy)."""
     info = activity.info()
+    assert info.workflow_id is not None  # always, for an activity a workflow scheduled
     try:
         return await activity.client().get_workflow_handle(
             info.workflow_id, run_id=info.workflow_run_id).describe()
@@ -494,8 +495,9 @@ async def _last_interruption(prior: _Prior,
             metrics.LEASE_EXPIRATIONS.inc()
             logger.warning("previous attempt's lease expired (heartbeat timeout): resuming")
         elif failure.HasField("application_failure_info"):
-            kind = {c.ErrorCode.WORKER_SHUTDOWN: "graceful", c.ErrorCode.POISONED: "poisoned"}.get(
-                failure.application_failure_info.type)
+            kinds: dict[str, str] = {c.ErrorCode.WORKER_SHUTDOWN: "graceful",
+                                     c.ErrorCode.POISONED: "poisoned"}
+            kind = kinds.get(failure.application_failure_info.type)
             if kind:
                 metrics.PREEMPTIONS.labels(kind, region).inc()
         if pending.HasField("last_heartbeat_time"):
@@ -557,7 +559,7 @@ class _ProgressSignaller:
             self._enabled = False
             return
         try:
-            handle = client.get_workflow_handle(activity.info().workflow_id)
+            handle = client.get_workflow_handle(activity.info().workflow_id or "")
             await handle.signal(c.SIGNAL_PROGRESS, update)
         except asyncio.CancelledError:
             raise

@@ -41,6 +41,7 @@ from fractions import Fraction
 import av
 import numpy as np
 from av.container import InputContainer
+from av.video.stream import VideoStream
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 from PIL import Image
 
@@ -237,7 +238,7 @@ def _yuv420p_frame(yuv: np.ndarray) -> av.VideoFrame:
         size = plane.width * plane.height
         padded = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
         padded[:, : plane.width] = flat[start : start + size].reshape(plane.height, plane.width)
-        plane.update(padded.data)
+        plane.update(padded.tobytes())
         start += size
     return frame
 
@@ -272,6 +273,7 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
         )
         try:
             stream = container.add_stream(MP4_CODEC, rate=fps, options=_x264_options())
+            assert isinstance(stream, VideoStream)  # libx264 is a video codec
             stream.width = w
             stream.height = h
             stream.pix_fmt = MP4_PIX_FMT

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import uuid
+from typing import Any
 
 import structlog
 from temporalio.api.common.v1 import WorkflowExecution
@@ -62,13 +63,12 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey,
         "retention_s": req.retention_s,
         "webhook_url": req.webhook_url,
     }
+    policies: dict[str, Any] = {}
     if idempotent:
         # USE_EXISTING joins a running workflow of this id (concurrent retries of one request);
         # REJECT_DUPLICATE refuses to run a closed one again (a late retry).
         policies = {"id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
                     "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE}
-    else:
-        policies = {}
     try:
         await _start(client, req, key, policy, memo, policies)
     except WorkflowAlreadyStartedError:
@@ -77,7 +77,7 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey,
 
 
 async def _start(client: Client, req: c.VideoRequest, key: ApiKey, policy: TierPolicy,
-                 memo: dict[str, object], policies: dict[str, object]) -> None:
+                 memo: dict[str, object], policies: dict[str, Any]) -> None:
     await client.start_workflow(
         c.WORKFLOW_NAME,
         req,
@@ -94,7 +94,7 @@ async def _start(client: Client, req: c.VideoRequest, key: ApiKey, policy: TierP
         # Inherited by the workflow's activities: tiers order the GPU queue, users share it.
         priority=Priority(priority_key=policy.priority, fairness_key=key.user,
                           fairness_weight=policy.fairness_weight),
-        **policies,  # type: ignore[arg-type]
+        **policies,
     )
 
 

@@ -54,9 +54,8 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
     if status == WorkflowExecutionStatus.RUNNING:
         state = await query_state(handle) if live else None
         if state is None:  # no worker answered: fall back to what visibility knows
-            video.status = ex.typed_search_attributes.get(c.STATUS_KEY) or c.Status.QUEUED
-            if video.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
-                video.status = c.Status.IN_PROGRESS
+            known = ex.typed_search_attributes.get(c.STATUS_KEY) or c.Status.QUEUED
+            video.status = c.Status.QUEUED if known == c.Status.QUEUED else c.Status.IN_PROGRESS
         else:
             apply_state(video, state)
         if client is not None and video.status == c.Status.QUEUED:
@@ -78,9 +77,9 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
             video.frames_sha256 = result.video.frames_sha256 or None
             video.video_sha256 = result.video.video_sha256
     elif status == WorkflowExecutionStatus.CANCELED:
-        video.status = video.phase = c.Phase.CANCELLED
+        video.status, video.phase = c.Status.CANCELLED, c.Phase.CANCELLED
     else:
-        video.status = video.phase = c.Phase.FAILED
+        video.status, video.phase = c.Status.FAILED, c.Phase.FAILED
         video.error = await _failure(handle, status)
     return video
 
@@ -97,9 +96,9 @@ async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:
 
 
 def apply_state(video: Video, s: c.JobStatus) -> None:
-    open_statuses = (c.Status.QUEUED, c.Status.IN_PROGRESS)
-    video.status = s.status if s.status in open_statuses else c.Status.IN_PROGRESS
-    video.phase = s.phase
+    # A closing workflow may still answer with its final status: it is in progress until closed.
+    video.status = c.Status.QUEUED if s.status == c.Status.QUEUED else c.Status.IN_PROGRESS
+    video.phase = c.Phase(s.phase)
     video.progress = s.progress
     video.step = s.step
     video.total_steps = s.total_steps or video.total_steps

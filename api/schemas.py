@@ -65,7 +65,7 @@ class VideoError(BaseModel):
 class Video(BaseModel):
     id: str
     object: Literal["video"] = "video"
-    status: Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+    status: c.Status
     progress: int = 0
     created_at: int
     completed_at: int | None = None
@@ -77,7 +77,7 @@ class Video(BaseModel):
     error: VideoError | None = None
     remixed_from_video_id: str | None = None
     # Extensions: what a spot-GPU render is doing right now.
-    phase: str = "queued"
+    phase: c.Phase = c.Phase.QUEUED
     step: int = 0
     total_steps: int = 0
     attempt: int = 0

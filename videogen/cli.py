@@ -88,7 +88,7 @@ def iter_events(http: httpx.Client, video_id: str) -> Iterator[tuple[str, dict[s
             with http.stream("GET", f"/v1/videos/{video_id}/events", headers=headers,
                              timeout=httpx.Timeout(30, read=None)) as resp:
                 _raise_for_error(resp)
-                event, data = "message", []
+                event, data = "message", list[str]()
                 for line in resp.iter_lines():
                     if line.startswith(":"):
                         continue  # keep-alive

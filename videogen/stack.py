@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
@@ -110,7 +111,7 @@ class Stack:
         return self
 
     def _spawn(self, child: Child) -> None:
-        out: object = None
+        out: IO[bytes] | None = None
         if self.log_dir:
             out = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115
         env = self.child_env()

@@ -279,7 +279,8 @@ class FileStore(ObjectStore):
         self, key: str, path: str, write: Callable[[IO[bytes]], object], *, if_absent: bool
     ) -> None:
         directory = os.path.dirname(path)
-        fd, tmp = self._create_temp(key, directory)
+        fd, created = self._create_temp(key, directory)
+        tmp: str | None = created
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -290,9 +291,9 @@ class FileStore(ObjectStore):
             try:
                 if if_absent:
                     # link() fails if the name exists: an atomic create-only publish.
-                    os.link(tmp, path)
+                    os.link(created, path)
                 else:
-                    os.replace(tmp, path)
+                    os.replace(created, path)
             except FileExistsError:
                 raise AlreadyExists(key, self.describe()) from None
             except IsADirectoryError as e:

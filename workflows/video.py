@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -90,7 +91,7 @@ class VideoGeneration:
             setattr(self._state, name, value)
         if status is not None:
             self._state.status = status
-            updates = [c.STATUS_KEY.value_set(status)]
+            updates: list[SearchAttributeUpdate[Any]] = [c.STATUS_KEY.value_set(status)]
             if gen_seconds is not None:  # one upsert command either way: replay stays compatible
                 updates.append(c.GEN_SECONDS_KEY.value_set(gen_seconds))
             workflow.upsert_search_attributes(updates)
@@ -188,9 +189,12 @@ class VideoGeneration:
 
     async def _progress_webhooks(self, req: c.VideoRequest) -> None:
         """`video.progress` at each phase change and each quarter of the denoising."""
-        sent = None
+        sent: tuple[str, str, int] | None = None
         while True:
-            await workflow.wait_condition(lambda last=sent: self._milestone() != last)
+            def moved(last: tuple[str, str, int] | None = sent) -> bool:
+                return self._milestone() != last
+
+            await workflow.wait_condition(moved)
             if self._state.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
                 return  # the final event is _notify's
             sent = self._milestone()
