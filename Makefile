@@ -26,8 +26,11 @@ demo: venv
 up: venv
 	$(BIN)/videogen up
 
+# Ruff's checks and formatting, and mypy on the packages (pyproject.toml says which).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # promtool checks the alert rules (tests/test_ops.py). It comes from Debian's prometheus
 # package, unpacked into .venv: no root, no system install. A promtool on PATH is used as is.

@@ -81,8 +81,14 @@ class CheckpointRef:
     size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "checkpoint_key": self.key, "checkpoint_uri": self.uri,
-                "sha256": self.sha256, "attempt": self.attempt, "size": self.size}
+        return {
+            "step": self.step,
+            "checkpoint_key": self.key,
+            "checkpoint_uri": self.uri,
+            "sha256": self.sha256,
+            "attempt": self.attempt,
+            "size": self.size,
+        }
 
     @classmethod
     def from_dict(cls, d: object) -> CheckpointRef | None:
@@ -90,9 +96,14 @@ class CheckpointRef:
         if not isinstance(d, dict):
             return None
         try:
-            return cls(step=int(d["step"]), key=str(d["checkpoint_key"]),
-                       uri=str(d.get("checkpoint_uri", "")), sha256=str(d["sha256"]),
-                       attempt=int(d["attempt"]), size=int(d.get("size", 0)))
+            return cls(
+                step=int(d["step"]),
+                key=str(d["checkpoint_key"]),
+                uri=str(d.get("checkpoint_uri", "")),
+                sha256=str(d["sha256"]),
+                attempt=int(d["attempt"]),
+                size=int(d.get("size", 0)),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -159,8 +170,9 @@ def _encode_value(value: Any, name: str, sink: _TensorSink) -> Any:
     )
 
 
-def _decode_value(value: Any, tensors: dict[str, torch.Tensor], devices: dict[str, str],
-                  device: str) -> Any:
+def _decode_value(
+    value: Any, tensors: dict[str, torch.Tensor], devices: dict[str, str], device: str
+) -> Any:
     if isinstance(value, list):
         return [_decode_value(v, tensors, devices, device) for v in value]
     if not isinstance(value, dict):
@@ -177,8 +189,7 @@ def _decode_value(value: Any, tensors: dict[str, torch.Tensor], devices: dict[st
     if "__tuple__" in value:
         return tuple(_decode_value(v, tensors, devices, device) for v in value["__tuple__"])
     if "__dict__" in value:
-        return {k: _decode_value(v, tensors, devices, device)
-                for k, v in value["__dict__"].items()}
+        return {k: _decode_value(v, tensors, devices, device) for k, v in value["__dict__"].items()}
     raise CheckpointCorrupt(f"unknown value encoding in manifest: {sorted(value)}")
 
 
@@ -280,8 +291,11 @@ def encode(snap: Snapshot, model: LoadedModel) -> bytes:
         "total_steps": snap.total_steps,
         "params": _params_dict(snap.params),
         "model": {"name": model.spec.name, "weights_hash": model.weights_hash},
-        "scheduler": {"class": snap.scheduler_class, "config": snap.scheduler_config,
-                      "state": snap.scheduler_state},
+        "scheduler": {
+            "class": snap.scheduler_class,
+            "config": snap.scheduler_config,
+            "state": snap.scheduler_state,
+        },
         "tensor_devices": snap.tensor_devices,
         "num_threads": snap.num_threads,
         "device": snap.device,
@@ -336,8 +350,7 @@ def decode(data: bytes, expected_sha256: str | None = None) -> Checkpoint:
     manifest = _read_header(data)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointIncompatible(
-            f"format version {manifest.get('format_version')!r}; this worker reads "
-            f"{FORMAT_VERSION}"
+            f"format version {manifest.get('format_version')!r}; this worker reads {FORMAT_VERSION}"
         )
     try:
         loaded = safetensors.torch.load(data)
@@ -353,8 +366,9 @@ def decode(data: bytes, expected_sha256: str | None = None) -> Checkpoint:
     return Checkpoint(manifest=manifest, tensors=tensors)
 
 
-def check_compatible(ckpt: Checkpoint, model: LoadedModel, params: GenerationParams, *,
-                     job_id: str, num_threads: int) -> list[str]:
+def check_compatible(
+    ckpt: Checkpoint, model: LoadedModel, params: GenerationParams, *, job_id: str, num_threads: int
+) -> list[str]:
     """Raise CheckpointIncompatible if resuming could not give this job's video.
 
     Returns warnings for differences that still resume, but maybe not bit for bit (another
@@ -373,8 +387,9 @@ def check_compatible(ckpt: Checkpoint, model: LoadedModel, params: GenerationPar
     if m.get("params") != _params_dict(params):
         raise CheckpointIncompatible("written for other generation parameters")
     sched = m.get("scheduler", {})
-    if (sched.get("class") != type(model.pipe.scheduler).__name__
-            or sched.get("config") != scheduler_config(model.pipe.scheduler)):
+    if sched.get("class") != type(model.pipe.scheduler).__name__ or sched.get(
+        "config"
+    ) != scheduler_config(model.pipe.scheduler):
         raise CheckpointIncompatible("written with another scheduler or scheduler config")
     if not 0 <= ckpt.next_step <= int(m.get("total_steps", -1)):
         raise CheckpointIncompatible(f"step {ckpt.next_step} out of range")
@@ -395,11 +410,16 @@ def check_compatible(ckpt: Checkpoint, model: LoadedModel, params: GenerationPar
     warnings = []
     here = device_name(model.device)
     if m.get("device_name") != here:
-        warnings.append(f"written on {m.get('device_name')!r}, resuming on {here!r}: "
-                        "the video may differ in low bits from an uninterrupted run")
+        warnings.append(
+            f"written on {m.get('device_name')!r}, resuming on {here!r}: "
+            "the video may differ in low bits from an uninterrupted run"
+        )
     versions = library_versions()
-    changed = {k: (v, versions.get(k)) for k, v in m.get("versions", {}).items()
-               if versions.get(k) != v and k != "videogen"}
+    changed = {
+        k: (v, versions.get(k))
+        for k, v in m.get("versions", {}).items()
+        if versions.get(k) != v and k != "videogen"
+    }
     if changed:
         warnings.append(f"library versions differ {changed}: the video may differ in low bits")
     return warnings
@@ -464,10 +484,18 @@ class CheckpointWriter:
     job goes on without that checkpoint, and the failure is logged and counted.
     """
 
-    def __init__(self, store: ObjectStore, model: LoadedModel, *, job_id: str, attempt: int,
-                 retries: int = 3, backoff_s: float = 0.5,
-                 initial: list[CheckpointRef] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        model: LoadedModel,
+        *,
+        job_id: str,
+        attempt: int,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        initial: list[CheckpointRef] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._store = store
         self._model = model
         self._job_id = job_id
@@ -546,16 +574,24 @@ class CheckpointWriter:
                     self.stats.failed += 1
                     metrics.CHECKPOINT_FAILURES.inc()
                     self._log.warning(
-                        "checkpoint write failed; continuing without it", step=snap.next_step,
-                        key=key, tries=attempt, error=self.stats.last_error)
+                        "checkpoint write failed; continuing without it",
+                        step=snap.next_step,
+                        key=key,
+                        tries=attempt,
+                        error=self.stats.last_error,
+                    )
                     return None
                 self._sleep(delay)
                 delay *= 2
         elapsed = time.perf_counter() - started + snap.taken_s
-        ref = CheckpointRef(step=snap.next_step, key=key,
-                            uri=f"{self._store.describe()}/{key}",
-                            sha256=hashlib.sha256(data).hexdigest(), attempt=self._attempt,
-                            size=len(data))
+        ref = CheckpointRef(
+            step=snap.next_step,
+            key=key,
+            uri=f"{self._store.describe()}/{key}",
+            sha256=hashlib.sha256(data).hexdigest(),
+            attempt=self._attempt,
+            size=len(data),
+        )
         stats = self.stats
         stats.written += 1
         stats.bytes += len(data)
@@ -571,10 +607,12 @@ class CheckpointWriter:
                 try:
                     self._store.delete(old.key)
                 except Exception as err:  # leftovers go with the job's cleanup
-                    self._log.warning("could not delete an old checkpoint", key=old.key,
-                                      error=str(err))
-        self._log.debug("checkpoint written", step=ref.step, bytes=len(data),
-                        seconds=round(elapsed, 4))
+                    self._log.warning(
+                        "could not delete an old checkpoint", key=old.key, error=str(err)
+                    )
+        self._log.debug(
+            "checkpoint written", step=ref.step, bytes=len(data), seconds=round(elapsed, 4)
+        )
         return ref
 
 
@@ -591,9 +629,16 @@ class ResumePoint:
     skipped: list[str]  # why newer candidates were not used
 
 
-def find_resume_point(store: ObjectStore, model: LoadedModel, params: GenerationParams, *,
-                      job_id: str, num_threads: int, newest: CheckpointRef | None,
-                      previous: CheckpointRef | None) -> tuple[ResumePoint | None, list[str]]:
+def find_resume_point(
+    store: ObjectStore,
+    model: LoadedModel,
+    params: GenerationParams,
+    *,
+    job_id: str,
+    num_threads: int,
+    newest: CheckpointRef | None,
+    previous: CheckpointRef | None,
+) -> tuple[ResumePoint | None, list[str]]:
     """The newest usable checkpoint: the heartbeat's, then its predecessor, then any other.
 
     Candidates are the heartbeat's two references (the server holds them) and whatever the
@@ -617,8 +662,11 @@ def find_resume_point(store: ObjectStore, model: LoadedModel, params: Generation
         parsed = c.parse_checkpoint_key(key)
         if parsed is not None and key not in known:
             attempt, step = parsed
-            extra.append(CheckpointRef(step=step, key=key, uri=f"{store.describe()}/{key}",
-                                       sha256="", attempt=attempt))
+            extra.append(
+                CheckpointRef(
+                    step=step, key=key, uri=f"{store.describe()}/{key}", sha256="", attempt=attempt
+                )
+            )
     # Newest first: a listed checkpoint newer than the heartbeat's was written after the last
     # heartbeat that reached the server, and is as good (same checks) and loses less work.
     order = {"heartbeat": 0, "previous": 1, "listing": 2}
@@ -634,8 +682,7 @@ def find_resume_point(store: ObjectStore, model: LoadedModel, params: Generation
             continue
         try:
             ckpt = decode(data, ref.sha256 or None)
-            warnings = check_compatible(ckpt, model, params, job_id=job_id,
-                                        num_threads=num_threads)
+            warnings = check_compatible(ckpt, model, params, job_id=job_id, num_threads=num_threads)
             state = restore(model, ckpt, params)
         except CheckpointError as err:
             skipped.append(f"{ref.key}: {err}")
@@ -644,8 +691,8 @@ def find_resume_point(store: ObjectStore, model: LoadedModel, params: Generation
             skipped.append(f"{ref.key}: {type(err).__name__}: {err}")
             continue
         if ref.sha256 == "":
-            ref = dataclasses.replace(ref, sha256=hashlib.sha256(data).hexdigest(),
-                                      size=len(data))
-        return ResumePoint(state=state, ref=ref, source=source, warnings=warnings,
-                           skipped=skipped), skipped
+            ref = dataclasses.replace(ref, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        return ResumePoint(
+            state=state, ref=ref, source=source, warnings=warnings, skipped=skipped
+        ), skipped
     return None, skipped

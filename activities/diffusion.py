@@ -87,18 +87,28 @@ class _Prior:
         def as_int(v: object) -> int:
             return v if isinstance(v, int) and v >= 0 else 0
 
-        return cls(raw=raw, newest=CheckpointRef.from_dict(d),
-                   previous=CheckpointRef.from_dict(d.get("previous")),
-                   reached_step=as_int(d.get("reached_step")),
-                   wasted_steps=as_int(d.get("wasted_steps")),
-                   poisoned=as_int(d.get("poisoned")))
+        return cls(
+            raw=raw,
+            newest=CheckpointRef.from_dict(d),
+            previous=CheckpointRef.from_dict(d.get("previous")),
+            reached_step=as_int(d.get("reached_step")),
+            wasted_steps=as_int(d.get("wasted_steps")),
+            poisoned=as_int(d.get("poisoned")),
+        )
 
 
 class DiffusionActivities:
-    def __init__(self, model: pipeline.LoadedModel, store: ObjectStore, *,
-                 policy: CheckpointPolicy | None = None, checkpoint_retries: int = 3,
-                 checkpoint_backoff_s: float = 0.5,
-                 on_poisoned: Callable[[], None] | None = None, region: str = "") -> None:
+    def __init__(
+        self,
+        model: pipeline.LoadedModel,
+        store: ObjectStore,
+        *,
+        policy: CheckpointPolicy | None = None,
+        checkpoint_retries: int = 3,
+        checkpoint_backoff_s: float = 0.5,
+        on_poisoned: Callable[[], None] | None = None,
+        region: str = "",
+    ) -> None:
         self._model = model
         self._store = store
         self._policy = policy or CheckpointPolicy()
@@ -135,16 +145,30 @@ class DiffusionActivities:
             run.writer.close()
         elapsed = time.monotonic() - started
         metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
-        logger.info("generation finished", seconds=round(elapsed, 3), frames_key=key,
-                    frames_sha256=digest, resumed_from_step=run.progress.resumed_from,
-                    wasted_steps=run.progress.wasted, checkpoints=run.writer.stats.written,
-                    checkpoint_failures=run.writer.stats.failed)
+        logger.info(
+            "generation finished",
+            seconds=round(elapsed, 3),
+            frames_key=key,
+            frames_sha256=digest,
+            resumed_from_step=run.progress.resumed_from,
+            wasted_steps=run.progress.wasted,
+            checkpoints=run.writer.stats.written,
+            checkpoint_failures=run.writer.stats.failed,
+        )
         return c.GenerateOutput(
-            frames_key=key, frames_sha256=digest, num_frames=req.num_frames, width=req.width,
-            height=req.height, attempt=run.attempt, device=self._model.device,
-            generation_seconds=elapsed, resumed_from_step=run.progress.resumed_from,
-            wasted_steps=run.progress.wasted, checkpoints_written=run.writer.stats.written,
-            warm=warm, model_load_seconds=self._model.load_seconds,
+            frames_key=key,
+            frames_sha256=digest,
+            num_frames=req.num_frames,
+            width=req.width,
+            height=req.height,
+            attempt=run.attempt,
+            device=self._model.device,
+            generation_seconds=elapsed,
+            resumed_from_step=run.progress.resumed_from,
+            wasted_steps=run.progress.wasted,
+            checkpoints_written=run.writer.stats.written,
+            warm=warm,
+            model_load_seconds=self._model.load_seconds,
         )
 
     # -- the phases of an attempt, on the event loop --------------------------------------------
@@ -161,42 +185,61 @@ class DiffusionActivities:
         try:
             pipeline.check_params(self._model.spec, params)
         except ValueError as err:
-            raise ApplicationError(str(err), type=c.ErrorCode.INVALID_INPUT,
-                                   non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=c.ErrorCode.INVALID_INPUT, non_retryable=True
+            ) from err
         return params
 
     def _new_run(self, req: c.VideoRequest, attempt: int, prior: _Prior) -> _Run:
         return _Run(
-            job_id=req.job_id, attempt=attempt, prior=prior, region=self._region,
-            progress=_Progress(total=req.num_inference_steps,
-                               step=prior.newest.step if prior.newest else 0),
+            job_id=req.job_id,
+            attempt=attempt,
+            prior=prior,
+            region=self._region,
+            progress=_Progress(
+                total=req.num_inference_steps, step=prior.newest.step if prior.newest else 0
+            ),
             writer=CheckpointWriter(
-                self._store, self._model, job_id=req.job_id, attempt=attempt,
-                retries=self._retries, backoff_s=self._backoff_s,
+                self._store,
+                self._model,
+                job_id=req.job_id,
+                attempt=attempt,
+                retries=self._retries,
+                backoff_s=self._backoff_s,
                 initial=[r for r in (prior.previous, prior.newest) if r is not None],
             ),
         )
 
-    async def _record_start(self, inp: c.GenerateInput, run: _Run,
-                            logger: structlog.typing.FilteringBoundLogger) -> bool:
+    async def _record_start(
+        self, inp: c.GenerateInput, run: _Run, logger: structlog.typing.FilteringBoundLogger
+    ) -> bool:
         """Metrics and log line of the attempt's start; whether the model was warm for it."""
         req, info = inp.request, activity.info()
         warm = self.ready_at is None or self.ready_at <= info.current_attempt_scheduled_time
         metrics.JOBS_STARTED.labels(warm=str(warm).lower()).inc()
         if run.attempt == 1 and inp.submitted_at:
             metrics.QUEUE_WAIT_SECONDS.labels(req.tier).observe(
-                max(0.0, info.started_time.timestamp() - inp.submitted_at))
+                max(0.0, info.started_time.timestamp() - inp.submitted_at)
+            )
         elif run.attempt > 1:
             run.interrupted_at = await _last_interruption(run.prior, logger)
         newest = run.prior.newest
-        logger.info("generation started", steps=req.num_inference_steps, warm=warm,
-                    checkpoint_policy=self._policy.describe(),
-                    resume_candidate=newest.step if newest else None)
+        logger.info(
+            "generation started",
+            steps=req.num_inference_steps,
+            warm=warm,
+            checkpoint_policy=self._policy.describe(),
+            resume_candidate=newest.step if newest else None,
+        )
         return warm
 
-    async def _supervise(self, req: c.VideoRequest, run: _Run,
-                         work: asyncio.Future[tuple[bytes, str] | None],
-                         logger: structlog.typing.FilteringBoundLogger) -> tuple[bytes, str]:
+    async def _supervise(
+        self,
+        req: c.VideoRequest,
+        run: _Run,
+        work: asyncio.Future[tuple[bytes, str] | None],
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[bytes, str]:
         """Heartbeat and signal progress until the denoising thread ends; turn shutdown,
         cancellation and poisoning into their endings. Returns the frames (bytes, sha256)."""
         signaller = _ProgressSignaller(req, run.attempt)
@@ -205,8 +248,10 @@ class DiffusionActivities:
             while not work.done():
                 await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
                 if activity.is_worker_shutdown() and not run.preempt.is_set():
-                    logger.info("worker shutting down: checkpointing at the next step "
-                                "boundary", step=run.progress.step)
+                    logger.info(
+                        "worker shutting down: checkpointing at the next step boundary",
+                        step=run.progress.step,
+                    )
                     run.preempt.set()
                 activity.heartbeat(run.details())
                 await signaller.send(run.progress)
@@ -228,15 +273,21 @@ class DiffusionActivities:
             await self._preempted(run, logger)
         return result
 
-    async def _publish(self, req: c.VideoRequest, run: _Run, result: tuple[bytes, str],
-                       logger: structlog.typing.FilteringBoundLogger) -> tuple[str, str]:
+    async def _publish(
+        self,
+        req: c.VideoRequest,
+        run: _Run,
+        result: tuple[bytes, str],
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[str, str]:
         """Store the frames under this attempt's key, unless a retry superseded it."""
         # A stale attempt (timed out and retried elsewhere, then back to life) must not
         # publish: Temporal would reject its completion anyway, but its write would be waste.
         if not await _is_current_attempt():
             await self._discard_stale(run, logger)
-            raise ApplicationError("this attempt was superseded by a retry; result discarded",
-                                   type="StaleAttempt")
+            raise ApplicationError(
+                "this attempt was superseded by a retry; result discarded", type="StaleAttempt"
+            )
         key = c.frames_key(req.job_id, run.attempt)
         data, digest = result
         # Uninterruptible, so that a cancel arriving now cannot report the attempt over
@@ -249,8 +300,12 @@ class DiffusionActivities:
 
     # -- the denoising thread -------------------------------------------------------------------
 
-    def _work(self, run: _Run, params: pipeline.GenerationParams,
-              logger: structlog.typing.FilteringBoundLogger) -> tuple[bytes, str] | None:
+    def _work(
+        self,
+        run: _Run,
+        params: pipeline.GenerationParams,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[bytes, str] | None:
         """Resume or start, denoise with checkpoints, decode: the frames as stored (`.npy`)
         and their `frames_sha256`. None: stopped for preemption."""
         if not self._busy.acquire(blocking=False):
@@ -276,11 +331,16 @@ class DiffusionActivities:
                 # 2. Checkpoint when due and no upload is in flight: a snapshot here (a copy),
                 #    serialisation and upload on the writer's thread.
                 now = time.monotonic()
-                if not writer.busy and policy.due(steps_since=state.next_step - last_step,
-                                                  seconds_since=now - last_at,
-                                                  cost_s=writer.stats.cost_s):
-                    writer.submit(checkpoint.snapshot(state, job_id=run.job_id,
-                                                      attempt=run.attempt, device=model.device))
+                if not writer.busy and policy.due(
+                    steps_since=state.next_step - last_step,
+                    seconds_since=now - last_at,
+                    cost_s=writer.stats.cost_s,
+                ):
+                    writer.submit(
+                        checkpoint.snapshot(
+                            state, job_id=run.job_id, attempt=run.attempt, device=model.device
+                        )
+                    )
                     last_step, last_at = state.next_step, now
             run.state = state
             # 3. Decode.
@@ -299,11 +359,18 @@ class DiffusionActivities:
         if run.interrupted_at is not None:
             recovery = max(0.0, time.time() - run.interrupted_at)
             metrics.PREEMPTION_RECOVERY_SECONDS.observe(recovery)
-            logger.info("recovered: first step after the interruption",
-                        recovery_seconds=round(recovery, 3), wasted_steps=wasted)
+            logger.info(
+                "recovered: first step after the interruption",
+                recovery_seconds=round(recovery, 3),
+                wasted_steps=wasted,
+            )
 
-    def _start(self, run: _Run, params: pipeline.GenerationParams,
-               logger: structlog.typing.FilteringBoundLogger) -> pipeline.DenoiseState:
+    def _start(
+        self,
+        run: _Run,
+        params: pipeline.GenerationParams,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> pipeline.DenoiseState:
         """The state to denoise from: the newest usable checkpoint, else step 0."""
         prior, p = run.prior, run.progress
         found, skipped = None, list[str]()
@@ -311,29 +378,39 @@ class DiffusionActivities:
             p.phase = c.Phase.RESUMING
             try:
                 found, skipped = checkpoint.find_resume_point(
-                    self._store, self._model, params, job_id=run.job_id,
-                    num_threads=torch.get_num_threads(), newest=prior.newest,
-                    previous=prior.previous)
+                    self._store,
+                    self._model,
+                    params,
+                    job_id=run.job_id,
+                    num_threads=torch.get_num_threads(),
+                    newest=prior.newest,
+                    previous=prior.previous,
+                )
             except Exception as err:
                 # Retry later (the heartbeat still names the checkpoints) rather than start over.
                 raise ApplicationError(
                     f"object store unreadable while resuming: {type(err).__name__}: {err}",
-                    type=c.ErrorCode.STORE_UNAVAILABLE) from err
+                    type=c.ErrorCode.STORE_UNAVAILABLE,
+                ) from err
         for reason in skipped:
             logger.warning("checkpoint not usable", reason=reason)
         if found is not None:
             state = found.state
             wasted = max(0, prior.reached_step - state.next_step)
-            logger.info("resuming", from_step=state.next_step, source=found.source,
-                        checkpoint=found.ref.key, wasted_steps=wasted)
+            logger.info(
+                "resuming",
+                from_step=state.next_step,
+                source=found.source,
+                checkpoint=found.ref.key,
+                wasted_steps=wasted,
+            )
             for w in found.warnings:
                 logger.warning("resume may not be bit-identical", reason=w)
             run.writer.reset([found.ref])
             metrics.RESUMES.labels(found.source).inc()
         else:
             if run.attempt > 1:
-                logger.warning("no usable checkpoint: starting from step 0",
-                               tried=len(skipped))
+                logger.warning("no usable checkpoint: starting from step 0", tried=len(skipped))
                 metrics.RESUMES.labels("scratch").inc()
             state = pipeline.prepare(self._model, params)
             wasted = prior.reached_step
@@ -348,9 +425,13 @@ class DiffusionActivities:
 
     # -- endings -------------------------------------------------------------------------------
 
-    async def _cancelled(self, run: _Run, work: asyncio.Future[tuple[bytes, str] | None],
-                         details: activity.ActivityCancellationDetails | None,
-                         logger: structlog.typing.FilteringBoundLogger) -> None:
+    async def _cancelled(
+        self,
+        run: _Run,
+        work: asyncio.Future[tuple[bytes, str] | None],
+        details: activity.ActivityCancellationDetails | None,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> None:
         """Stop the loop at the next step and wait for it and for an upload in flight, so the
         GPU is really free and nothing is written after the workflow cleans up (it waits for
         this report)."""
@@ -362,58 +443,79 @@ class DiffusionActivities:
             await self._discard_stale(run, logger)
         logger.info("generation cancelled", step=run.progress.step)
 
-    async def _preempted(self, run: _Run,
-                         logger: structlog.typing.FilteringBoundLogger) -> NoReturn:
+    async def _preempted(
+        self, run: _Run, logger: structlog.typing.FilteringBoundLogger
+    ) -> NoReturn:
         """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
         state = run.state
         assert state is not None
         newest = run.writer.newest
         if newest is None or newest.step != state.next_step:
-            snap = checkpoint.snapshot(state, job_id=run.job_id, attempt=run.attempt,
-                                       device=self._model.device)
+            snap = checkpoint.snapshot(
+                state, job_id=run.job_id, attempt=run.attempt, device=self._model.device
+            )
             await _uninterruptible(asyncio.to_thread(run.writer.write, snap))
         newest = run.writer.newest
         # The failure below flushes these details to the server before it is reported.
         activity.heartbeat(run.details())
         at = newest.step if newest else 0
         lost = state.next_step - at
-        logger.info("preempted: attempt handed over", step=state.next_step,
-                    checkpoint_step=at, lost_steps=lost)
+        logger.info(
+            "preempted: attempt handed over",
+            step=state.next_step,
+            checkpoint_step=at,
+            lost_steps=lost,
+        )
         raise ApplicationError(
             f"worker shut down at step {state.next_step}; the retry resumes from step {at}",
             type=c.ErrorCode.WORKER_SHUTDOWN,
             next_retry_delay=PREEMPTED_RETRY_DELAY,
         )
 
-    async def _poisoned(self, run: _Run, err: pipeline.PoisonedStateError,
-                        logger: structlog.typing.FilteringBoundLogger) -> ApplicationError:
+    async def _poisoned(
+        self,
+        run: _Run,
+        err: pipeline.PoisonedStateError,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> ApplicationError:
         """NaN/Inf: never checkpointed; fail this attempt and have the worker restart."""
         await _uninterruptible(asyncio.to_thread(run.writer.drain))
         run.poisoned = run.prior.poisoned + 1
         activity.heartbeat(run.details())
         final = run.poisoned >= MAX_POISONED_ATTEMPTS
-        logger.error("poisoned state: worker will restart", error=str(err),
-                     poisoned_attempts=run.poisoned, giving_up=final)
+        logger.error(
+            "poisoned state: worker will restart",
+            error=str(err),
+            poisoned_attempts=run.poisoned,
+            giving_up=final,
+        )
         if self._on_poisoned is not None:
             self._on_poisoned()
         if final:
             return ApplicationError(
                 f"{err} on {run.poisoned} attempts; the model cannot generate this request "
-                "(try another seed or prompt)", type=c.ErrorCode.POISONED, non_retryable=True,
+                "(try another seed or prompt)",
+                type=c.ErrorCode.POISONED,
+                non_retryable=True,
             )
-        return ApplicationError(f"{err}; retrying from the last checkpoint on a fresh worker",
-                                type=c.ErrorCode.POISONED)
+        return ApplicationError(
+            f"{err}; retrying from the last checkpoint on a fresh worker", type=c.ErrorCode.POISONED
+        )
 
-    async def _discard_stale(self, run: _Run,
-                             logger: structlog.typing.FilteringBoundLogger) -> None:
+    async def _discard_stale(
+        self, run: _Run, logger: structlog.typing.FilteringBoundLogger
+    ) -> None:
         """A superseded attempt: once the job is over, delete the checkpoints it wrote."""
         written = [r.key for r in run.writer.stats.history]
         closed = await _workflow_closed()
         if closed and written:
             for key in written:
                 await asyncio.to_thread(self._store.delete, key)
-        logger.warning("stale attempt discarded", job_closed=closed,
-                       checkpoints_deleted=len(written) if closed else 0)
+        logger.warning(
+            "stale attempt discarded",
+            job_closed=closed,
+            checkpoints_deleted=len(written) if closed else 0,
+        )
 
 
 @dataclass
@@ -468,16 +570,20 @@ async def _own_workflow() -> WorkflowExecutionDescription | None:
     info = activity.info()
     assert info.workflow_id is not None  # always, for an activity a workflow scheduled
     try:
-        return await activity.client().get_workflow_handle(
-            info.workflow_id, run_id=info.workflow_run_id).describe()
+        return (
+            await activity.client()
+            .get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+            .describe()
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
         return None
 
 
-async def _last_interruption(prior: _Prior,
-                             logger: structlog.typing.FilteringBoundLogger) -> float | None:
+async def _last_interruption(
+    prior: _Prior, logger: structlog.typing.FilteringBoundLogger
+) -> float | None:
     """For a retried attempt: when the previous one last heartbeated (Unix time), and how it
     ended, counted here: a preempted worker exits within a second of its hand-over, before any
     scrape could see its own counters. None if the server cannot tell."""
@@ -490,13 +596,17 @@ async def _last_interruption(prior: _Prior,
             continue
         failure = pending.last_failure
         region = str((prior.raw or {}).get("region") or "")
-        if failure.HasField("timeout_failure_info") and failure.timeout_failure_info \
-                .timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT:
+        if (
+            failure.HasField("timeout_failure_info")
+            and failure.timeout_failure_info.timeout_type == TimeoutType.TIMEOUT_TYPE_HEARTBEAT
+        ):
             metrics.LEASE_EXPIRATIONS.inc()
             logger.warning("previous attempt's lease expired (heartbeat timeout): resuming")
         elif failure.HasField("application_failure_info"):
-            kinds: dict[str, str] = {c.ErrorCode.WORKER_SHUTDOWN: "graceful",
-                                     c.ErrorCode.POISONED: "poisoned"}
+            kinds: dict[str, str] = {
+                c.ErrorCode.WORKER_SHUTDOWN: "graceful",
+                c.ErrorCode.POISONED: "poisoned",
+            }
             kind = kinds.get(failure.application_failure_info.type)
             if kind:
                 metrics.PREEMPTIONS.labels(kind, region).inc()
@@ -550,8 +660,12 @@ class _ProgressSignaller:
             return
         self._last, self._last_at = key, now
         update = c.ProgressUpdate(
-            attempt=self._attempt, phase=p.phase, step=p.step, total_steps=p.total,
-            resumed_from_step=p.resumed_from, wasted_steps=p.wasted,
+            attempt=self._attempt,
+            phase=p.phase,
+            step=p.step,
+            total_steps=p.total,
+            resumed_from_step=p.resumed_from,
+            wasted_steps=p.wasted,
         )
         try:
             client = activity.client()

@@ -41,8 +41,8 @@ from fractions import Fraction
 import av
 import numpy as np
 from av.container import InputContainer
-from av.video.stream import VideoStream
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
+from av.video.stream import VideoStream
 from PIL import Image
 
 from videogen.hostcpu import x264_asm

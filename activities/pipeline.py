@@ -100,10 +100,16 @@ class GenerationParams:
     @classmethod
     def from_request(cls, req: VideoRequest) -> GenerationParams:
         """The parameters of a job's request (the rest of it is scheduling, not generation)."""
-        return cls(prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
-                   width=req.width, height=req.height, num_frames=req.num_frames,
-                   num_inference_steps=req.num_inference_steps,
-                   guidance_scale=req.guidance_scale)
+        return cls(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            seed=req.seed,
+            width=req.width,
+            height=req.height,
+            num_frames=req.num_frames,
+            num_inference_steps=req.num_inference_steps,
+            guidance_scale=req.guidance_scale,
+        )
 
     @property
     def do_classifier_free_guidance(self) -> bool:

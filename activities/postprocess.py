@@ -35,15 +35,23 @@ class PostprocessActivities:
             raise ApplicationError(
                 f"frames {inp.frames_key!r} hash to {digest[:12]}…, the GPU attempt made "
                 f"{inp.frames_sha256[:12]}…: the stored copy is damaged",
-                type=c.ErrorCode.FRAMES_CORRUPT, non_retryable=True)
+                type=c.ErrorCode.FRAMES_CORRUPT,
+                non_retryable=True,
+            )
         prefix = c.outputs_prefix(inp.job_id)
         keys = {variant: prefix + name for variant, (name, _) in c.VARIANTS.items()}
         video = self._publish(keys["video"], media.encode_mp4(frames, inp.fps))
         self._publish(keys["thumbnail"], media.make_thumbnail(frames))
         self._publish(keys["spritesheet"], media.make_spritesheet(frames))
         t, h, w, _ = frames.shape
-        log.info("video encoded", job_id=inp.job_id, model=inp.model, bytes=len(video),
-                 frames=t, frames_sha256=digest)
+        log.info(
+            "video encoded",
+            job_id=inp.job_id,
+            model=inp.model,
+            bytes=len(video),
+            frames=t,
+            frames_sha256=digest,
+        )
         return c.EncodeOutput(
             video_key=keys["video"],
             thumbnail_key=keys["thumbnail"],
@@ -70,9 +78,12 @@ class PostprocessActivities:
         except AlreadyExists:
             stored = self._store.get(key)
             if stored != data:
-                log.warning("published file kept; this encode gave other bytes", key=key,
-                            stored_sha256=hashlib.sha256(stored).hexdigest(),
-                            new_sha256=hashlib.sha256(data).hexdigest())
+                log.warning(
+                    "published file kept; this encode gave other bytes",
+                    key=key,
+                    stored_sha256=hashlib.sha256(stored).hexdigest(),
+                    new_sha256=hashlib.sha256(data).hexdigest(),
+                )
             return stored
         return data
 
@@ -80,8 +91,14 @@ class PostprocessActivities:
     async def cleanup_job(self, inp: c.CleanupInput) -> int:
         """Delete a job's frames and checkpoints (and its outputs on cancel/failure)."""
 
-        removed = await asyncio.to_thread(c.delete_job_assets, self._store, inp.job_id,
-                                          outputs=inp.remove_outputs)
-        log.info("job cleaned up", job_id=inp.job_id, model=inp.model, removed=removed,
-                 outputs=inp.remove_outputs)
+        removed = await asyncio.to_thread(
+            c.delete_job_assets, self._store, inp.job_id, outputs=inp.remove_outputs
+        )
+        log.info(
+            "job cleaned up",
+            job_id=inp.job_id,
+            model=inp.model,
+            removed=removed,
+            outputs=inp.remove_outputs,
+        )
         return removed

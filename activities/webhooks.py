@@ -25,19 +25,20 @@ TIMEOUT_S = 10.0
 
 
 class WebhookActivities:
-    def __init__(self, secret_key: str, *,
-                 allowed_hosts: frozenset[str] = frozenset()) -> None:
+    def __init__(self, secret_key: str, *, allowed_hosts: frozenset[str] = frozenset()) -> None:
         self._secret_key = secret_key
         self._allowed_hosts = allowed_hosts
 
     @activity.defn(name=c.ACTIVITY_WEBHOOK)
     async def deliver_webhook(self, inp: c.WebhookInput) -> int:
         try:
-            target = await asyncio.to_thread(webhooks.check_url, inp.url,
-                                             allowed_hosts=self._allowed_hosts)
+            target = await asyncio.to_thread(
+                webhooks.check_url, inp.url, allowed_hosts=self._allowed_hosts
+            )
         except webhooks.UnsafeWebhookURL as err:
-            raise ApplicationError(f"webhook_url {err}", type=c.ErrorCode.WEBHOOK_UNSAFE,
-                                   non_retryable=True) from err
+            raise ApplicationError(
+                f"webhook_url {err}", type=c.ErrorCode.WEBHOOK_UNSAFE, non_retryable=True
+            ) from err
         body = inp.body.encode()
         ts = int(time.time())
         secret = webhooks.user_secret(self._secret_key, inp.user)
@@ -52,28 +53,45 @@ class WebhookActivities:
         attempt = activity.info().attempt
         # Connect to the vetted address (no second DNS lookup), with TLS checked against the
         # original name; read only the status line and headers, all within one deadline.
-        async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False,
-                                     trust_env=False) as client:
+        async with httpx.AsyncClient(
+            timeout=TIMEOUT_S, follow_redirects=False, trust_env=False
+        ) as client:
             try:
                 async with asyncio.timeout(TIMEOUT_S):
                     async with client.stream(
-                            "POST", target.url, content=body, headers=headers,
-                            extensions={"sni_hostname": target.host}) as resp:
+                        "POST",
+                        target.url,
+                        content=body,
+                        headers=headers,
+                        extensions={"sni_hostname": target.host},
+                    ) as resp:
                         status = resp.status_code
             except (httpx.HTTPError, TimeoutError) as err:
-                raise ApplicationError(f"webhook endpoint unreachable: {err!r}",
-                                       type="WebhookUnreachable") from err
-        log.info("webhook delivery", job_id=inp.job_id, model=inp.model, webhook_event=inp.event,
-                 status=status,
-                 attempt=attempt, webhook_id=inp.webhook_id)
+                raise ApplicationError(
+                    f"webhook endpoint unreachable: {err!r}", type="WebhookUnreachable"
+                ) from err
+        log.info(
+            "webhook delivery",
+            job_id=inp.job_id,
+            model=inp.model,
+            webhook_event=inp.event,
+            status=status,
+            attempt=attempt,
+            webhook_id=inp.webhook_id,
+        )
         if 200 <= status < 300:
             return status
         if 300 <= status < 400:
             raise ApplicationError(
                 f"webhook endpoint answered {status} (redirects are not followed; "
-                "give the final URL)", type=c.ErrorCode.WEBHOOK_REDIRECT, non_retryable=True)
+                "give the final URL)",
+                type=c.ErrorCode.WEBHOOK_REDIRECT,
+                non_retryable=True,
+            )
         if status == 410:  # Gone: the receiver asks us to stop
-            raise ApplicationError("webhook endpoint answered 410 Gone",
-                                   type=c.ErrorCode.WEBHOOK_GONE, non_retryable=True)
-        raise ApplicationError(f"webhook endpoint answered {status}",
-                               type="WebhookRejected")
+            raise ApplicationError(
+                "webhook endpoint answered 410 Gone",
+                type=c.ErrorCode.WEBHOOK_GONE,
+                non_retryable=True,
+            )
+        raise ApplicationError(f"webhook endpoint answered {status}", type="WebhookRejected")

@@ -36,8 +36,11 @@ MAX_IDEMPOTENCY_KEY = 255
 # A concurrency limit frees up when a job ends, which nobody can predict: a polite hint.
 CONCURRENT_RETRY_AFTER_S = 15
 
-TRANSIENT = (RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE,
-             RPCStatusCode.DEADLINE_EXCEEDED)
+TRANSIENT = (
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+)
 
 RATE_LIMITED = Counter("videogen_rate_limited_total", "Submissions refused with 429", ["limit"])
 
@@ -47,9 +50,12 @@ def idempotency_key(raw: str | None) -> str | None:
         return None
     key = raw.strip()
     if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
-        raise InvalidRequestError(f"{IDEMPOTENCY_HEADER}: 1-{MAX_IDEMPOTENCY_KEY} printable "
-                                  "ASCII characters (a UUID is a good choice)",
-                                  param=IDEMPOTENCY_HEADER, code="invalid_idempotency_key")
+        raise InvalidRequestError(
+            f"{IDEMPOTENCY_HEADER}: 1-{MAX_IDEMPOTENCY_KEY} printable "
+            "ASCII characters (a UUID is a good choice)",
+            param=IDEMPOTENCY_HEADER,
+            code="invalid_idempotency_key",
+        )
     return key
 
 
@@ -64,8 +70,9 @@ def fingerprint(body: CreateVideoBody) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-async def existing(client: Client, store: ObjectStore, job_id: str, key: ApiKey,
-                   expected: str) -> tuple[WorkflowHandle, Execution] | None:
+async def existing(
+    client: Client, store: ObjectStore, job_id: str, key: ApiKey, expected: str
+) -> tuple[WorkflowHandle, Execution] | None:
     """The job an earlier request with this Idempotency-Key started, or None if there is none.
 
     409 if that request differed (same key, other body) or its video was deleted.
@@ -83,15 +90,21 @@ async def existing(client: Client, store: ObjectStore, job_id: str, key: ApiKey,
         raise _deleted()
     memo = await desc.memo()
     if memo.get("request_fingerprint") != expected:
-        raise ConflictError(f"{IDEMPOTENCY_HEADER} was already used for a different request "
-                            f"(video {job_id}); use a new key for a new request",
-                            param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+        raise ConflictError(
+            f"{IDEMPOTENCY_HEADER} was already used for a different request "
+            f"(video {job_id}); use a new key for a new request",
+            param=IDEMPOTENCY_HEADER,
+            code="idempotency_key_reused",
+        )
     return handle, desc
 
 
 def _deleted() -> ConflictError:
-    return ConflictError(f"the video this {IDEMPOTENCY_HEADER} created has been deleted; use "
-                         "a new key", param=IDEMPOTENCY_HEADER, code="idempotency_key_reused")
+    return ConflictError(
+        f"the video this {IDEMPOTENCY_HEADER} created has been deleted; use a new key",
+        param=IDEMPOTENCY_HEADER,
+        code="idempotency_key_reused",
+    )
 
 
 async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> None:
@@ -101,14 +114,30 @@ async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> Non
     since = datetime.now(UTC) - timedelta(minutes=1)
     recent = f"StartTime > {vis.literal(since)}"
     checks = [
-        ("user_concurrent", policy.user_concurrent, vis.jobs(user, status="Running"),
-         f"{{n}} queued or running jobs for user {key.user!r}"),
-        ("user_per_minute", policy.user_per_minute, vis.jobs(user, recent),
-         f"{{n}} submissions per minute for user {key.user!r}"),
-        ("tier_concurrent", policy.tier_concurrent, vis.jobs(tier, status="Running"),
-         f"{{n}} queued or running jobs for tier {key.tier!r}"),
-        ("tier_per_minute", policy.tier_per_minute, vis.jobs(tier, recent),
-         f"{{n}} submissions per minute for tier {key.tier!r}"),
+        (
+            "user_concurrent",
+            policy.user_concurrent,
+            vis.jobs(user, status="Running"),
+            f"{{n}} queued or running jobs for user {key.user!r}",
+        ),
+        (
+            "user_per_minute",
+            policy.user_per_minute,
+            vis.jobs(user, recent),
+            f"{{n}} submissions per minute for user {key.user!r}",
+        ),
+        (
+            "tier_concurrent",
+            policy.tier_concurrent,
+            vis.jobs(tier, status="Running"),
+            f"{{n}} queued or running jobs for tier {key.tier!r}",
+        ),
+        (
+            "tier_per_minute",
+            policy.tier_per_minute,
+            vis.jobs(tier, recent),
+            f"{{n}} submissions per minute for tier {key.tier!r}",
+        ),
     ]
     # All counts at once (one round trip of latency, not four), judged in the order above.
     active = [check for check in checks if check[1]]
@@ -117,17 +146,25 @@ async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> Non
         for (name, limit, query, what), count in zip(active, counts, strict=True):
             if count.count < limit:
                 continue
-            retry = await _per_minute_retry(client, query, since, count.count - limit) \
-                if name.endswith("per_minute") else CONCURRENT_RETRY_AFTER_S
+            retry = (
+                await _per_minute_retry(client, query, since, count.count - limit)
+                if name.endswith("per_minute")
+                else CONCURRENT_RETRY_AFTER_S
+            )
             RATE_LIMITED.labels(limit=name).inc()
             raise RateLimitedError(
                 f"rate limit reached: {what.format(n=limit)} (tier {key.tier!r}, limit "
-                f"{name}); retry after {retry} s", code=name, retry_after_s=retry)
+                f"{name}); retry after {retry} s",
+                code=name,
+                retry_after_s=retry,
+            )
     except RPCError as err:
         if err.status in TRANSIENT:  # the client should retry, not see a 500
-            raise UnavailableError(f"cannot check rate limits right now ({err.message}); "
-                                   "retry shortly", code="service_unavailable",
-                                   retry_after_s=2) from None
+            raise UnavailableError(
+                f"cannot check rate limits right now ({err.message}); retry shortly",
+                code="service_unavailable",
+                retry_after_s=2,
+            ) from None
         raise
 
 

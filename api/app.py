@@ -53,8 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tracing.instrument_app(app)
 
     @app.middleware("http")
-    async def _metrics(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def _metrics(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")

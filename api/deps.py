@@ -32,12 +32,17 @@ def current_key(request: Request, settings: Annotated[Settings, Depends(get_sett
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`",
-                       code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing API key: send `Authorization: Bearer <key>`",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     key = settings.keys.get(token.strip())
     if key is None:
-        raise ApiError(401, "invalid API key", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
     return key
 
 

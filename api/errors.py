@@ -36,8 +36,9 @@ class ServiceError(Exception):
     routers' job logic) raises the subclasses below; `install` alone gives each its HTTP
     status (`_SERVICE_STATUS`)."""
 
-    def __init__(self, message: str, *, code: str, param: str | None = None,
-                 retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str, param: str | None = None, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -66,7 +67,10 @@ class UnavailableError(ServiceError):
 
 
 _SERVICE_STATUS: dict[type[ServiceError], int] = {
-    InvalidRequestError: 400, NotFoundError: 404, ConflictError: 409, RateLimitedError: 429,
+    InvalidRequestError: 400,
+    NotFoundError: 404,
+    ConflictError: 409,
+    RateLimitedError: 429,
     UnavailableError: 503,
 }
 
@@ -95,10 +99,17 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_body(status: int, message: str, param: str | None = None,
-               code: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": _TYPES.get(status, "server_error"),
-                      "param": param, "code": code}}
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
+    return {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
 
 
 def validation_error(err: ValidationError | RequestValidationError) -> ApiError:
@@ -115,15 +126,21 @@ def validation_error(err: ValidationError | RequestValidationError) -> ApiError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status, exc.message, exc.param, exc.code),
-                            status_code=exc.status, headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.status, exc.message, exc.param, exc.code),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         status = service_status(exc)
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        return JSONResponse(error_body(status, exc.message, exc.param, exc.code),
-                            status_code=status, headers=headers)
+        return JSONResponse(
+            error_body(status, exc.message, exc.param, exc.code),
+            status_code=status,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -135,11 +152,15 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint; see /docs for the API"
-        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(exc.status_code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", path=request.url.path)
-        return JSONResponse(error_body(500, "internal error; the request was not applied"),
-                            status_code=500)
+        return JSONResponse(
+            error_body(500, "internal error; the request was not applied"), status_code=500
+        )

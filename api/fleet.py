@@ -44,17 +44,22 @@ log = structlog.get_logger(__name__)
 
 STATS_LAG_S = 5.0
 
-QUEUE_DEPTH = Gauge("videogen_queue_depth",
-                    "Jobs waiting for a GPU (Temporal backlog; lags ~5 s, excludes running), by "
-                    "priority key; `tier` names the tiers of that key ('a+b' when they share it).",
-                    ["queue", "tier", "priority"])
+QUEUE_DEPTH = Gauge(
+    "videogen_queue_depth",
+    "Jobs waiting for a GPU (Temporal backlog; lags ~5 s, excludes running), by "
+    "priority key; `tier` names the tiers of that key ('a+b' when they share it).",
+    ["queue", "tier", "priority"],
+)
 RUNNING_JOBS = Gauge("videogen_running_jobs", "Jobs running on a GPU.", ["queue", "tier"])
 WORKERS_POLLING = Gauge("videogen_workers_polling", "GPU workers polling the queue.", ["queue"])
-BACKLOG_AGE = Gauge("videogen_queue_backlog_age_seconds",
-                    "Age of the oldest waiting task of the queue.", ["queue"])
-DRAIN_TIME = Gauge("videogen_estimated_drain_time_seconds",
-                   "Backlog at or ahead of the tier x average generation time / GPU workers.",
-                   ["queue", "tier"])
+BACKLOG_AGE = Gauge(
+    "videogen_queue_backlog_age_seconds", "Age of the oldest waiting task of the queue.", ["queue"]
+)
+DRAIN_TIME = Gauge(
+    "videogen_estimated_drain_time_seconds",
+    "Backlog at or ahead of the tier x average generation time / GPU workers.",
+    ["queue", "tier"],
+)
 
 
 @dataclass
@@ -108,22 +113,29 @@ async def snapshot(client: Client, settings: Settings) -> Fleet:
     model = settings.model_spec.name
     pools = [""] + [t for t, p in settings.tiers.items() if p.dedicated_pool]
     avg = await queue.average_generation_seconds(client, model)
-    queues = await asyncio.gather(*(_queue(client, settings, model, pool, avg)
-                                    for pool in pools))
+    queues = await asyncio.gather(*(_queue(client, settings, model, pool, avg) for pool in pools))
     return Fleet(generated_at=time.time(), stats_lag_s=STATS_LAG_S, queues=list(queues))
 
 
-async def _queue(client: Client, settings: Settings, model: str, pool: str,
-                 avg: float) -> QueueLoad:
+async def _queue(
+    client: Client, settings: Settings, model: str, pool: str, avg: float
+) -> QueueLoad:
     name = settings.gpu_task_queue(model, pool)
-    resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-        namespace=client.namespace, task_queue=TaskQueue(name=name),
-        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY, report_stats=True))
-    by_priority = {int(k): int(v.approximate_backlog_count)
-                   for k, v in resp.stats_by_priority_key.items()}
+    resp = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=name),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            report_stats=True,
+        )
+    )
+    by_priority = {
+        int(k): int(v.approximate_backlog_count) for k, v in resp.stats_by_priority_key.items()
+    }
     tiers = [t for t in settings.tiers if settings.pool_for(t) == pool]
-    running = dict(zip(tiers, await asyncio.gather(*(_running(client, model, t) for t in tiers)),
-                       strict=True))
+    running = dict(
+        zip(tiers, await asyncio.gather(*(_running(client, model, t) for t in tiers)), strict=True)
+    )
     pollers = queue.fresh_pollers(resp.pollers)
     workers = pollers + sum(running.values())
     loads = []
@@ -131,28 +143,44 @@ async def _queue(client: Client, settings: Settings, model: str, pool: str,
         prio = settings.tiers[tier].priority
         ahead = sum(n for p, n in by_priority.items() if p <= prio)
         drain = drain_time(ahead, avg, workers)
-        loads.append(TierLoad(
-            # Tiers sharing a priority key share its backlog (Temporal cannot tell them
-            # apart): each shows the whole of it, an upper bound.
-            tier=tier, priority=prio, backlog=by_priority.get(prio, 0),
-            running=running[tier],
-            estimated_drain_time_s=None if math.isnan(drain) else
-            ("inf" if math.isinf(drain) else round(drain, 3))))
+        loads.append(
+            TierLoad(
+                # Tiers sharing a priority key share its backlog (Temporal cannot tell them
+                # apart): each shows the whole of it, an upper bound.
+                tier=tier,
+                priority=prio,
+                backlog=by_priority.get(prio, 0),
+                running=running[tier],
+                estimated_drain_time_s=None
+                if math.isnan(drain)
+                else ("inf" if math.isinf(drain) else round(drain, 3)),
+            )
+        )
     age = resp.stats.approximate_backlog_age
     return QueueLoad(
-        queue=name, model=model, pool=pool or "shared", workers_polling=pollers,
+        queue=name,
+        model=model,
+        pool=pool or "shared",
+        workers_polling=pollers,
         backlog=int(resp.stats.approximate_backlog_count),
         backlog_age_s=age.seconds + age.nanos / 1e9,
         tasks_add_rate=round(resp.stats.tasks_add_rate, 3),
         tasks_dispatch_rate=round(resp.stats.tasks_dispatch_rate, 3),
-        running=sum(running.values()), avg_generation_s=round(avg, 3) if avg else None,
-        tiers=loads)
+        running=sum(running.values()),
+        avg_generation_s=round(avg, 3) if avg else None,
+        tiers=loads,
+    )
 
 
 async def _running(client: Client, model: str, tier: str) -> int:
-    resp = await client.count_workflows(vis.jobs(
-        vis.eq(c.SA_MODEL, model), vis.eq(c.SA_TIER, tier),
-        vis.eq(c.SA_STATUS, c.Status.IN_PROGRESS), status="Running"))
+    resp = await client.count_workflows(
+        vis.jobs(
+            vis.eq(c.SA_MODEL, model),
+            vis.eq(c.SA_TIER, tier),
+            vis.eq(c.SA_STATUS, c.Status.IN_PROGRESS),
+            status="Running",
+        )
+    )
     return resp.count
 
 
@@ -192,10 +220,12 @@ def export(fleet: Fleet, settings: Settings) -> None:
         for t in q.tiers:
             by_priority.setdefault(t.priority, []).append(t)
         for prio, loads in by_priority.items():
-            QUEUE_DEPTH.labels(q.queue, "+".join(sorted(t.tier for t in loads)),
-                               str(prio)).set(loads[0].backlog)
+            QUEUE_DEPTH.labels(q.queue, "+".join(sorted(t.tier for t in loads)), str(prio)).set(
+                loads[0].backlog
+            )
         for t in q.tiers:
             RUNNING_JOBS.labels(q.queue, t.tier).set(t.running)
             drain = t.estimated_drain_time_s
             DRAIN_TIME.labels(q.queue, t.tier).set(
-                math.nan if drain is None else math.inf if drain == "inf" else float(drain))
+                math.nan if drain is None else math.inf if drain == "inf" else float(drain)
+            )

@@ -43,9 +43,15 @@ def new_job_id() -> str:
     return f"video_{uuid.uuid4().hex}"
 
 
-async def start(client: Client, req: c.VideoRequest, key: ApiKey,
-                policy: TierPolicy | None = None, *, fingerprint: str = "",
-                idempotent: bool = False) -> None:
+async def start(
+    client: Client,
+    req: c.VideoRequest,
+    key: ApiKey,
+    policy: TierPolicy | None = None,
+    *,
+    fingerprint: str = "",
+    idempotent: bool = False,
+) -> None:
     """Start the job's workflow. `idempotent`: the id is derived from an Idempotency-Key, and a
     concurrent or repeated start of the same id joins the existing workflow instead."""
     policy = policy or DEFAULT_TIERS.get(key.tier) or TierPolicy()
@@ -67,8 +73,10 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey,
     if idempotent:
         # USE_EXISTING joins a running workflow of this id (concurrent retries of one request);
         # REJECT_DUPLICATE refuses to run a closed one again (a late retry).
-        policies = {"id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-                    "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE}
+        policies = {
+            "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+            "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        }
     try:
         await _start(client, req, key, policy, memo, policies)
     except WorkflowAlreadyStartedError:
@@ -76,24 +84,35 @@ async def start(client: Client, req: c.VideoRequest, key: ApiKey,
             raise
 
 
-async def _start(client: Client, req: c.VideoRequest, key: ApiKey, policy: TierPolicy,
-                 memo: dict[str, object], policies: dict[str, Any]) -> None:
+async def _start(
+    client: Client,
+    req: c.VideoRequest,
+    key: ApiKey,
+    policy: TierPolicy,
+    memo: dict[str, object],
+    policies: dict[str, Any],
+) -> None:
     await client.start_workflow(
         c.WORKFLOW_NAME,
         req,
         id=req.job_id,
         task_queue=req.cpu_task_queue,
         memo=memo,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(c.USER_KEY, key.user),
-            SearchAttributePair(c.TIER_KEY, key.tier),
-            SearchAttributePair(c.MODEL_KEY, req.model),
-            SearchAttributePair(c.STATUS_KEY, c.Status.QUEUED),
-            SearchAttributePair(c.PRIORITY_KEY, policy.priority),
-        ]),
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(c.USER_KEY, key.user),
+                SearchAttributePair(c.TIER_KEY, key.tier),
+                SearchAttributePair(c.MODEL_KEY, req.model),
+                SearchAttributePair(c.STATUS_KEY, c.Status.QUEUED),
+                SearchAttributePair(c.PRIORITY_KEY, policy.priority),
+            ]
+        ),
         # Inherited by the workflow's activities: tiers order the GPU queue, users share it.
-        priority=Priority(priority_key=policy.priority, fairness_key=key.user,
-                          fairness_weight=policy.fairness_weight),
+        priority=Priority(
+            priority_key=policy.priority,
+            fairness_key=key.user,
+            fairness_weight=policy.fairness_weight,
+        ),
         **policies,
     )
 
@@ -102,8 +121,9 @@ async def owned_handle(
     client: Client, store: ObjectStore, job_id: str, key: ApiKey
 ) -> tuple[WorkflowHandle, Execution]:
     """The job's handle and description; 404 if it does not exist or belongs to someone else."""
-    not_found = NotFoundError(f"no video with id {job_id!r}", param="video_id",
-                              code="video_not_found")
+    not_found = NotFoundError(
+        f"no video with id {job_id!r}", param="video_id", code="video_not_found"
+    )
     if not job_id.startswith("video_") or len(job_id) > 100:
         raise not_found
     handle = client.get_workflow_handle(job_id, result_type=c.JobResult)
@@ -134,18 +154,22 @@ def encode_cursor(token: bytes | None) -> str | None:
 def decode_cursor(cursor: str | None) -> bytes | None:
     if not cursor:
         return None
-    bad = InvalidRequestError("after: not a cursor returned by this API; pass the previous "
-                              "page's next_cursor", param="after", code="invalid_cursor")
+    bad = InvalidRequestError(
+        "after: not a cursor returned by this API; pass the previous page's next_cursor",
+        param="after",
+        code="invalid_cursor",
+    )
     if not cursor.startswith(CURSOR_PREFIX):
         raise bad
     try:
-        return base64.b64decode(cursor[len(CURSOR_PREFIX):], altchars=b"-_", validate=True)
+        return base64.b64decode(cursor[len(CURSOR_PREFIX) :], altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise bad from None
 
 
-async def list_page(client: Client, store: ObjectStore, key: ApiKey, limit: int,
-                    after: str | None) -> tuple[list[Video], str | None]:
+async def list_page(
+    client: Client, store: ObjectStore, key: ApiKey, limit: int, after: str | None
+) -> tuple[list[Video], str | None]:
     it = client.list_workflows(
         vis.jobs(vis.eq(c.SA_USER, key.user)),
         page_size=limit,
@@ -157,8 +181,9 @@ async def list_page(client: Client, store: ObjectStore, key: ApiKey, limit: int,
         # A well-formed but forged or stale token is rejected by the server as INVALID_ARGUMENT
         # or, by the SQL visibility store, as UNKNOWN.
         if after and err.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.UNKNOWN):
-            raise InvalidRequestError("after: invalid or expired cursor", param="after",
-                                      code="invalid_cursor") from None
+            raise InvalidRequestError(
+                "after: invalid or expired cursor", param="after", code="invalid_cursor"
+            ) from None
         raise
     videos = []
     for ex in it.current_page or []:
@@ -172,8 +197,11 @@ async def list_page(client: Client, store: ObjectStore, key: ApiKey, limit: int,
 
 async def cancel(handle: WorkflowHandle, ex: Execution) -> None:
     if ex.status != WorkflowExecutionStatus.RUNNING:
-        raise ConflictError(f"video {ex.id} has already finished; only a queued or "
-                            "in-progress video can be cancelled", code="video_not_cancellable")
+        raise ConflictError(
+            f"video {ex.id} has already finished; only a queued or "
+            "in-progress video can be cancelled",
+            code="video_not_cancellable",
+        )
     await handle.cancel()
 
 
@@ -184,4 +212,3 @@ async def delete_execution(client: Client, ex: Execution) -> None:
             workflow_execution=WorkflowExecution(workflow_id=ex.id, run_id=ex.run_id),
         )
     )
-

@@ -31,8 +31,14 @@ QUERY_TIMEOUT = timedelta(seconds=5)
 log = structlog.get_logger(__name__)
 
 
-async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
-                   client: Client | None = None, queue_tiers: list[str] | None = None) -> Video:
+async def to_video(
+    handle: WorkflowHandle,
+    ex: Execution,
+    *,
+    live: bool = True,
+    client: Client | None = None,
+    queue_tiers: list[str] | None = None,
+) -> Video:
     """Build the Video object from the execution, plus (if `live`) the workflow's own state;
     with a `client`, a queued job also gets its queue position and estimated start."""
     memo = await ex.memo()
@@ -61,7 +67,8 @@ async def to_video(handle: WorkflowHandle, ex: Execution, *, live: bool = True,
         if client is not None and video.status == c.Status.QUEUED:
             try:
                 video.queue_position, video.estimated_start_at = await queue_estimate(
-                    client, ex, memo.get("gpu_task_queue"), queue_tiers)
+                    client, ex, memo.get("gpu_task_queue"), queue_tiers
+                )
             except RPCError as err:  # an estimate is optional: never fail the read for it
                 log.warning("queue estimate unavailable", job_id=ex.id, error=str(err))
     elif status == WorkflowExecutionStatus.COMPLETED:
@@ -88,9 +95,12 @@ async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:
     """The running workflow's live state; None if it is closed (no replay of a closed job) or
     no worker answered in time."""
     try:
-        return await handle.query(c.QUERY_STATUS, result_type=c.JobStatus,
-                                  reject_condition=QueryRejectCondition.NOT_OPEN,
-                                  rpc_timeout=QUERY_TIMEOUT)
+        return await handle.query(
+            c.QUERY_STATUS,
+            result_type=c.JobStatus,
+            reject_condition=QueryRejectCondition.NOT_OPEN,
+            rpc_timeout=QUERY_TIMEOUT,
+        )
     except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
         return None
 

@@ -21,8 +21,9 @@ from videogen import contracts as c
 from videogen import visibility as vis
 
 
-async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
-                         tiers: list[str] | None = None) -> tuple[int, int]:
+async def queue_estimate(
+    client: Client, ex: Execution, gpu_queue: str | None, tiers: list[str] | None = None
+) -> tuple[int, int]:
     """(jobs ahead of this queued one, estimated start as a Unix time).
 
     Ahead: queued jobs of the same model and pool (`tiers` sharing it) with a higher priority,
@@ -37,12 +38,20 @@ async def queue_estimate(client: Client, ex: Execution, gpu_queue: str | None,
     base = [vis.eq(c.SA_MODEL, str(model))]
     if tiers:  # only the tiers that wait on the same GPU pool compete with this job
         base.append(vis.one_of(c.SA_TIER, tiers))
-    earlier = (f"({c.SA_PRIORITY} < {vis.literal(prio)} OR ({vis.eq(c.SA_PRIORITY, prio)} AND "
-               f"StartTime < {vis.literal(ex.start_time)}))")
-    ahead = (await client.count_workflows(vis.jobs(
-        *base, vis.eq(c.SA_STATUS, c.Status.QUEUED), earlier, status="Running"))).count
-    running = (await client.count_workflows(vis.jobs(
-        *base, vis.eq(c.SA_STATUS, c.Status.IN_PROGRESS), status="Running"))).count
+    earlier = (
+        f"({c.SA_PRIORITY} < {vis.literal(prio)} OR ({vis.eq(c.SA_PRIORITY, prio)} AND "
+        f"StartTime < {vis.literal(ex.start_time)}))"
+    )
+    ahead = (
+        await client.count_workflows(
+            vis.jobs(*base, vis.eq(c.SA_STATUS, c.Status.QUEUED), earlier, status="Running")
+        )
+    ).count
+    running = (
+        await client.count_workflows(
+            vis.jobs(*base, vis.eq(c.SA_STATUS, c.Status.IN_PROGRESS), status="Running")
+        )
+    ).count
     avg = await average_generation_seconds(client, str(model))
     workers = await _pollers(client, gpu_queue) if gpu_queue else 1
     wait = (ahead + running) / max(1, workers) * avg
@@ -76,9 +85,13 @@ async def average_generation_seconds(client: Client, model: str) -> float:
 async def _pollers(client: Client, queue: str) -> int:
     """Idle GPU workers polling `queue` (at least 1: busy workers do not poll)."""
     try:
-        resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-            namespace=client.namespace, task_queue=TaskQueue(name=queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY))
+        resp = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
     except RPCError:
         return 1
     return fresh_pollers(resp.pollers) or 1
@@ -92,5 +105,6 @@ POLLER_FRESH_S = 90.0
 def fresh_pollers(pollers: Sequence[PollerInfo]) -> int:
     """Distinct workers among `pollers` that polled within POLLER_FRESH_S: the idle ones."""
     since = time.time() - POLLER_FRESH_S
-    return len({p.identity for p in pollers
-                if p.last_access_time.ToDatetime(UTC).timestamp() >= since})
+    return len(
+        {p.identity for p in pollers if p.last_access_time.ToDatetime(UTC).timestamp() >= since}
+    )

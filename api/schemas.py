@@ -27,8 +27,10 @@ class CreateVideoBody(BaseModel):
     num_inference_steps: int | None = Field(None, ge=1, le=catalog.MAX_STEPS)
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(
-        None, description="Which events go to webhook_url: video.completed, video.failed, "
-        "video.cancelled (the default: all three) and video.progress.")
+        None,
+        description="Which events go to webhook_url: video.completed, video.failed, "
+        "video.cancelled (the default: all three) and video.progress.",
+    )
     metadata: dict[str, str] | None = None
 
     @field_validator("webhook_events")
@@ -89,11 +91,14 @@ class Video(BaseModel):
     queue_position: int | None = None
     estimated_start_at: int | None = None
     frames_sha256: str | None = Field(
-        None, description="Completed jobs: sha256 of the generated frames' raw RGB bytes. Equal "
+        None,
+        description="Completed jobs: sha256 of the generated frames' raw RGB bytes. Equal "
         "for two jobs exactly when they made the same video (a resumed and an uninterrupted "
-        "run of one request, say), whatever the encoder does.")
+        "run of one request, say), whatever the encoder does.",
+    )
     video_sha256: str | None = Field(
-        None, description="Completed jobs: sha256 of the MP4 that GET /content serves.")
+        None, description="Completed jobs: sha256 of the MP4 that GET /content serves."
+    )
     seed: int
     negative_prompt: str = ""
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -122,5 +127,6 @@ class ContentURL(BaseModel):
 
 class WebhookSecret(BaseModel):
     object: Literal["webhook_secret"] = "webhook_secret"
-    secret: str = Field(description="whsec_…: verify `webhook-signature` with it "
-                        "(Standard Webhooks).")
+    secret: str = Field(
+        description="whsec_…: verify `webhook-signature` with it (Standard Webhooks)."
+    )

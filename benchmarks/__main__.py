@@ -26,11 +26,15 @@ from benchmarks.service import Driver, Runs
 NAMES = ("checkpoint", "pickup", "overhead", "cancel", "admission", "recovery")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-DEFAULT_STACK = ("embedded stack (SQLite-backed Temporal dev server, API, CPU worker, "
-                 "1 GPU worker on the CPU), default settings except rate limits")
-PREEMPTION_STACK = ("embedded stack with 2 GPU workers (1 standby), VIDEOGEN_CHECKPOINT_POLICY="
-                    "steps, _EVERY_STEPS=4, _HEARTBEAT_TIMEOUT_S=3, _PROGRESS_INTERVAL_S=0.1, "
-                    "_GRACEFUL_SHUTDOWN_S=30")
+DEFAULT_STACK = (
+    "embedded stack (SQLite-backed Temporal dev server, API, CPU worker, "
+    "1 GPU worker on the CPU), default settings except rate limits"
+)
+PREEMPTION_STACK = (
+    "embedded stack with 2 GPU workers (1 standby), VIDEOGEN_CHECKPOINT_POLICY="
+    "steps, _EVERY_STEPS=4, _HEARTBEAT_TIMEOUT_S=3, _PROGRESS_INTERVAL_S=0.1, "
+    "_GRACEFUL_SHUTDOWN_S=30"
+)
 
 TITLES = {
     "checkpoint": "Checkpoint overhead",
@@ -48,19 +52,22 @@ METHODS = {
         "steps, serialised and written to a file:// store on a background thread, skipped "
         "while the previous write is in flight, as the activity does), and every step written "
         "synchronously. Modes interleaved, one run of each per round (order rotating); ms per "
-        "step: median over rounds; ratio: median of the per-round ratios to `never`."),
+        "step: median over rounds; ratio: median of the per-round ratios to `never`."
+    ),
     "pickup": (
         "Short jobs one after the other, each POSTed 0.5 s after the previous one completed, "
         "so the GPU worker is idle and polling. From the client's clock just before "
         "POST /v1/videos to the start time of the `generate_video` activity in the workflow "
-        "history (the server's clock, same machine). The stack's first job is not counted."),
+        "history (the server's clock, same machine). The stack's first job is not counted."
+    ),
     "overhead": (
         "The same runs as the pickup latency. End to end: POST sent → the first GET after the "
         "workflow closed says `completed` (the close is awaited with a long poll on the "
         "workflow result, so no polling interval is added). Time in the model: the GPU "
         "activity's own `generation_seconds` (denoising, VAE decode, frames upload). Overhead "
         "= end to end − model: API, Temporal scheduling, progress signals, the MP4 encode and "
-        "cleanup on the CPU worker (the encode activity's own time is shown apart)."),
+        "cleanup on the CPU worker (the encode activity's own time is shown apart)."
+    ),
     "cancel": (
         "A long job denoises on the single GPU worker; a short job is queued behind it; then "
         "POST /v1/videos/{id}/cancel for the long one, at a random point 0.5-1.5 s into its "
@@ -68,7 +75,8 @@ METHODS = {
         "ActivityTaskCanceled (the worker stopped at a step boundary and reported it) and to "
         "the queued job's ActivityTaskStarted (the GPU worker is free and took the next job). "
         "Cancellation reaches the activity in a heartbeat response; heartbeats go out at most "
-        "every VIDEOGEN_HEARTBEAT_THROTTLE_S (1 s)."),
+        "every VIDEOGEN_HEARTBEAT_THROTTLE_S (1 s)."
+    ),
     "admission": (
         "Closed loop: concurrent HTTP clients (one connection each, in the benchmark process "
         "on the same 2 cores) POST /v1/videos back to back for a fixed time after a 1 s "
@@ -76,7 +84,8 @@ METHODS = {
         "no denoising competes for the CPU; each still starts a workflow and its first workflow "
         "task runs on the CPU worker. Once with a tier without limits, once with limits so high "
         "they never bite but are checked (4 visibility counts per POST). For reference, the same "
-        "concurrency of bare workflow starts (Temporal client → dev server, no API)."),
+        "concurrency of bare workflow starts (Temporal client → dev server, no API)."
+    ),
     "recovery": (
         "A job runs on one of two GPU workers; once it has denoised 16 steps, the worker "
         "running it gets SIGTERM (graceful: checkpoint at the next step boundary, hand over at "
@@ -88,20 +97,25 @@ METHODS = {
         "progress signal's step (they come every 0.1 s); estimated: that plus its step rate "
         "times the time from that signal to the kill. `wasted_steps` is what the API reports. "
         "The killed worker is restarted and has loaded its model before the next run; the "
-        "signals alternate."),
+        "signals alternate."
+    ),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks",
-                                 description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="a smoke run: few runs of each (about 2 minutes)")
-    ap.add_argument("--only", default="",
-                    help=f"comma-separated benchmarks to run, of: {', '.join(NAMES)}")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                    help="directory of results.json and results.md (default: "
-                    "benchmarks/results)")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="a smoke run: few runs of each (about 2 minutes)"
+    )
+    ap.add_argument(
+        "--only", default="", help=f"comma-separated benchmarks to run, of: {', '.join(NAMES)}"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="directory of results.json and results.md (default: benchmarks/results)",
+    )
     ap.add_argument("--pickup-runs", type=int, help="jobs of the pickup/overhead runs (60)")
     ap.add_argument("--cancel-runs", type=int, help="cancels (10)")
     ap.add_argument("--recovery-runs", type=int, help="runs per signal (5)")
@@ -113,8 +127,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _runs(args: argparse.Namespace) -> tuple[Runs, int]:
-    runs = Runs(pickup=10, cancel=3, recovery=1, admission_seconds=5,
-                admission_clients=8) if args.quick else Runs()
+    runs = (
+        Runs(pickup=10, cancel=3, recovery=1, admission_seconds=5, admission_clients=8)
+        if args.quick
+        else Runs()
+    )
     if args.pickup_runs:
         runs.pickup = args.pickup_runs
     if args.cancel_runs:
@@ -170,19 +187,27 @@ class Runner:
             err = e
         self._end(bench, t0, err)
 
-    def on_stack(self, names: list[str], gpu_workers: int, env: dict[str, str],
-                 plan: Callable[[Driver], list[tuple[Benchmark, Callable[[], Awaitable[None]]]]]
-                 ) -> None:
+    def on_stack(
+        self,
+        names: list[str],
+        gpu_workers: int,
+        env: dict[str, str],
+        plan: Callable[[Driver], list[tuple[Benchmark, Callable[[], Awaitable[None]]]]],
+    ) -> None:
         """Start a stack, run the planned benchmarks on it, stop it."""
         benches = [self.benches[n] for n in names if n in self.benches]
         if not benches:
             return
         for b in benches:
             b.config["stack"] = DEFAULT_STACK if gpu_workers == 1 else PREEMPTION_STACK
-        print(f"\n(starting a stack with {gpu_workers} GPU worker(s) for "
-              f"{', '.join(b.name for b in benches)})", flush=True)
+        print(
+            f"\n(starting a stack with {gpu_workers} GPU worker(s) for "
+            f"{', '.join(b.name for b in benches)})",
+            flush=True,
+        )
         try:
             with service.running_stack(gpu_workers, env) as stack:
+
                 async def on_it() -> None:
                     async with service.driver(stack) as d:
                         for bench, fn in plan(d):
@@ -202,33 +227,50 @@ def main(argv: list[str] | None = None) -> int:
     selected = [n.strip() for n in args.only.split(",") if n.strip()] or list(NAMES)
     unknown = [n for n in selected if n not in NAMES]
     if unknown:
-        _parser().error(f"unknown benchmark(s) {', '.join(unknown)}; choose from "
-                        f"{', '.join(NAMES)}")
+        _parser().error(
+            f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(NAMES)}"
+        )
     from videogen import logs
 
     logs.configure("WARNING")
     runs, rounds = _runs(args)
     meta = results.machine_info()
-    print(f"videogen benchmarks, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
-          f"load {meta['load_average_at_start']}, commit {meta['git_commit']}", flush=True)
-    benches = {name: Benchmark(name, TITLES[name], METHODS[name])
-               for name in NAMES if name in selected}
+    print(
+        f"videogen benchmarks, {meta['date']}: {meta['cpu']}, {meta['cores']} cores, "
+        f"load {meta['load_average_at_start']}, commit {meta['git_commit']}",
+        flush=True,
+    )
+    benches = {
+        name: Benchmark(name, TITLES[name], METHODS[name]) for name in NAMES if name in selected
+    }
     runner = Runner(args.out, meta, benches)
 
     if "checkpoint" in benches:
         bench = benches["checkpoint"]
         runner.run(bench, lambda: _checkpoint(bench, rounds, args.checkpoint_every, args.quick))
-    runner.on_stack(["pickup", "overhead", "cancel", "admission"], 1, {},
-                    lambda d: _default_plan(d, benches, runs))
+    runner.on_stack(
+        ["pickup", "overhead", "cancel", "admission"],
+        1,
+        {},
+        lambda d: _default_plan(d, benches, runs),
+    )
     if "pickup" in benches and "overhead" in benches:  # one series of runs gave both
         benches["overhead"].seconds = benches["pickup"].seconds
         benches["overhead"].config.update(benches["pickup"].config)
-    runner.on_stack(["recovery"], 2, service.PREEMPTION, lambda d: [(
-        benches["recovery"], lambda: service.recovery(d, runs.recovery, benches["recovery"]))])
+    runner.on_stack(
+        ["recovery"],
+        2,
+        service.PREEMPTION,
+        lambda d: [
+            (benches["recovery"], lambda: service.recovery(d, runs.recovery, benches["recovery"]))
+        ],
+    )
     runner.save()
     failed = [b.name for b in benches.values() if b.error]
-    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'results.md'} in "
-          f"{meta['total_seconds']:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\nwrote {args.out / 'results.json'} and {args.out / 'results.md'} in "
+        f"{meta['total_seconds']:.0f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -237,24 +279,35 @@ def _checkpoint(bench: Benchmark, rounds: int, every: int, quick: bool) -> None:
     from benchmarks import checkpoint_overhead
 
     steps = 10 if quick else 20
-    r = checkpoint_overhead.measure(size="256x256", frames=17, steps=steps, every=every,
-                                    repeats=rounds, progress=lambda m: print("    " + m))
-    bench.config = {"job": f"tiny model, {r.size}, {r.frames} frames (2 s), {r.steps} steps",
-                    "device": r.device, "store": "file:// in a temporary dir",
-                    "checkpoint size": f"{r.checkpoint_bytes / 1e6:.2f} MB"}
+    r = checkpoint_overhead.measure(
+        size="256x256",
+        frames=17,
+        steps=steps,
+        every=every,
+        repeats=rounds,
+        progress=lambda m: print("    " + m),
+    )
+    bench.config = {
+        "job": f"tiny model, {r.size}, {r.frames} frames (2 s), {r.steps} steps",
+        "device": r.device,
+        "store": "file:// in a temporary dir",
+        "checkpoint size": f"{r.checkpoint_bytes / 1e6:.2f} MB",
+    }
     for mode in r.per_step_s:
         desc = checkpoint_overhead.describe(mode, r.every)
         n = len(r.per_step_s[mode])
         written = sorted(r.checkpoints[mode])[n // 2]
-        bench.add(f"{desc}: ms per step", r.median_ms(mode), "ms", n,
-                  f"{written} checkpoints per run")
+        bench.add(
+            f"{desc}: ms per step", r.median_ms(mode), "ms", n, f"{written} checkpoints per run"
+        )
         if mode != "never":
             bench.add(f"{desc}: ratio to never", r.ratio(mode), "x", n)
     bench.samples = dict(r.per_step_s)
 
 
-def _default_plan(d: Driver, benches: dict[str, Benchmark],
-                  runs: Runs) -> list[tuple[Benchmark, Callable[[], Awaitable[None]]]]:
+def _default_plan(
+    d: Driver, benches: dict[str, Benchmark], runs: Runs
+) -> list[tuple[Benchmark, Callable[[], Awaitable[None]]]]:
     """The default stack's benchmarks in order; admission last, as it leaves thousands of
     queued jobs behind (on a pool no worker serves)."""
     plan: list[tuple[Benchmark, Callable[[], Awaitable[None]]]] = []
@@ -268,8 +321,9 @@ def _default_plan(d: Driver, benches: dict[str, Benchmark],
         plan.append((bench, lambda: service.cancel_latency(d, runs.cancel, bench)))
     if "admission" in benches:
         adm = benches["admission"]
-        plan.append((adm, lambda: service.admission(d, runs.admission_clients,
-                                                    runs.admission_seconds, adm)))
+        plan.append(
+            (adm, lambda: service.admission(d, runs.admission_clients, runs.admission_seconds, adm))
+        )
     return plan
 
 

@@ -52,12 +52,16 @@ class Result:
     def ratio(self, mode: str) -> float:
         """Time per step of `mode` over that of `never` in the same round, median over the
         rounds (1.0: no overhead). Pairs within a round cancel slow drifts of the machine."""
-        return statistics.median(m / n for m, n in zip(self.per_step_s[mode],
-                                                       self.per_step_s["never"], strict=True))
+        return statistics.median(
+            m / n for m, n in zip(self.per_step_s[mode], self.per_step_s["never"], strict=True)
+        )
 
 
-def _loop(model: pipeline.LoadedModel, params: pipeline.GenerationParams,
-          after_step: Callable[[pipeline.DenoiseState, float], None]) -> float:
+def _loop(
+    model: pipeline.LoadedModel,
+    params: pipeline.GenerationParams,
+    after_step: Callable[[pipeline.DenoiseState, float], None],
+) -> float:
     """One denoising run; `after_step(state, now)` after each step. Seconds per step."""
     state = pipeline.prepare(model, params)
     started = time.perf_counter()
@@ -67,8 +71,13 @@ def _loop(model: pipeline.LoadedModel, params: pipeline.GenerationParams,
     return (time.perf_counter() - started) / state.total_steps
 
 
-def _run_mode(mode: str, every: int, model: pipeline.LoadedModel,
-              params: pipeline.GenerationParams, store: ObjectStore) -> tuple[float, int, int]:
+def _run_mode(
+    mode: str,
+    every: int,
+    model: pipeline.LoadedModel,
+    params: pipeline.GenerationParams,
+    store: ObjectStore,
+) -> tuple[float, int, int]:
     """One run of `mode`: (seconds per step, checkpoints written, bytes of one checkpoint)."""
     writer = CheckpointWriter(store, model, job_id="video_bench", attempt=1)
 
@@ -86,9 +95,11 @@ def _run_mode(mode: str, every: int, model: pipeline.LoadedModel,
         last = {"step": 0, "at": time.monotonic()}
 
         def after(state: pipeline.DenoiseState, now: float) -> None:
-            if not writer.busy and policy.due(steps_since=state.next_step - last["step"],
-                                              seconds_since=now - last["at"],
-                                              cost_s=writer.stats.cost_s):
+            if not writer.busy and policy.due(
+                steps_since=state.next_step - last["step"],
+                seconds_since=now - last["at"],
+                cost_s=writer.stats.cost_s,
+            ):
                 writer.submit(snap(state))
                 last.update(step=state.next_step, at=now)
 
@@ -101,39 +112,66 @@ def _run_mode(mode: str, every: int, model: pipeline.LoadedModel,
     return per_step, written, writer.stats.bytes // max(written, 1)
 
 
-def measure(*, size: str = "256x256", frames: int = 17, steps: int = 20, every: int = 5,
-            repeats: int = 5, storage_url: str = "", modes: tuple[str, ...] = MODES,
-            progress: Callable[[str], None] | None = None) -> Result:
+def measure(
+    *,
+    size: str = "256x256",
+    frames: int = 17,
+    steps: int = 20,
+    every: int = 5,
+    repeats: int = 5,
+    storage_url: str = "",
+    modes: tuple[str, ...] = MODES,
+    progress: Callable[[str], None] | None = None,
+) -> Result:
     """Run every mode `repeats` times, interleaved, on the tiny model in this process."""
     width, height = (int(v) for v in size.split("x"))
     model = pipeline.load_pipeline(catalog.TINY_SPEC, pipeline.pick_device())
-    params = pipeline.GenerationParams(prompt="a lighthouse in a storm", negative_prompt="",
-                                       seed=1, width=width, height=height, num_frames=frames,
-                                       num_inference_steps=steps, guidance_scale=5.0)
+    params = pipeline.GenerationParams(
+        prompt="a lighthouse in a storm",
+        negative_prompt="",
+        seed=1,
+        width=width,
+        height=height,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(storage_url or f"file://{tmp}")
-        result = Result(size=size, frames=frames, steps=steps, every=every, device=model.device,
-                        store=store.describe(), per_step_s={m: [] for m in modes},
-                        checkpoints={m: [] for m in modes})
+        result = Result(
+            size=size,
+            frames=frames,
+            steps=steps,
+            every=every,
+            device=model.device,
+            store=store.describe(),
+            per_step_s={m: [] for m in modes},
+            checkpoints={m: [] for m in modes},
+        )
         # A warm-up run: the first run of a process pays for allocations and lazy init.
         _loop(model, params, lambda s, now: None)
         for r in range(repeats):
-            order = modes[r % len(modes):] + modes[:r % len(modes)]
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]
             for mode in order:
                 per_step, written, size_b = _run_mode(mode, every, model, params, store)
                 result.per_step_s[mode].append(per_step)
                 result.checkpoints[mode].append(written)
                 result.checkpoint_bytes = max(result.checkpoint_bytes, size_b)
             if progress:
-                progress(f"round {r + 1}/{repeats}: " + ", ".join(
-                    f"{m} {result.per_step_s[m][-1] * 1000:.1f} ms/step" for m in modes))
+                progress(
+                    f"round {r + 1}/{repeats}: "
+                    + ", ".join(f"{m} {result.per_step_s[m][-1] * 1000:.1f} ms/step" for m in modes)
+                )
     return result
 
 
 def describe(mode: str, every: int) -> str:
-    return {"never": "never", "every_n": f"every {every} steps, background",
-            "every_step": "every step, background",
-            "every_step_sync": "every step, synchronous"}[mode]
+    return {
+        "never": "never",
+        "every_n": f"every {every} steps, background",
+        "every_step": "every step, background",
+        "every_step_sync": "every step, synchronous",
+    }[mode]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,14 +184,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--storage-url", default="")
     args = ap.parse_args(argv)
     logs.configure("WARNING")
-    r = measure(size=args.size, frames=args.frames, steps=args.steps, every=args.every,
-                repeats=args.repeats, storage_url=args.storage_url)
-    print(f"tiny model, {r.size}, {r.frames} frames, {r.steps} steps, device {r.device}, "
-          f"checkpoint ~{r.checkpoint_bytes / 1e6:.2f} MB, store {r.store}, "
-          f"{args.repeats} interleaved rounds")
+    r = measure(
+        size=args.size,
+        frames=args.frames,
+        steps=args.steps,
+        every=args.every,
+        repeats=args.repeats,
+        storage_url=args.storage_url,
+    )
+    print(
+        f"tiny model, {r.size}, {r.frames} frames, {r.steps} steps, device {r.device}, "
+        f"checkpoint ~{r.checkpoint_bytes / 1e6:.2f} MB, store {r.store}, "
+        f"{args.repeats} interleaved rounds"
+    )
     for mode in r.per_step_s:
-        print(f"  checkpoint {describe(mode, r.every):>26}: {r.median_ms(mode):7.2f} ms/step "
-              f"(x{r.ratio(mode):.3f}, {statistics.median(r.checkpoints[mode]):g} checkpoints)")
+        print(
+            f"  checkpoint {describe(mode, r.every):>26}: {r.median_ms(mode):7.2f} ms/step "
+            f"(x{r.ratio(mode):.3f}, {statistics.median(r.checkpoints[mode]):g} checkpoints)"
+        )
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ async def timeline(client: Client, job_id: str) -> Timeline:
             attrs = ev.workflow_execution_signaled_event_attributes
             if attrs.signal_name == c.SIGNAL_PROGRESS:
                 [update] = await client.data_converter.decode(
-                    list(attrs.input.payloads), [c.ProgressUpdate])
+                    list(attrs.input.payloads), [c.ProgressUpdate]
+                )
                 tl.progress.append(Progress(t, update))
         elif et in _WF_CLOSE:
             tl.closed, tl.outcome = t, _WF_CLOSE[et]

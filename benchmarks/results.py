@@ -63,13 +63,21 @@ class Benchmark:
     def add(self, name: str, value: float, unit: str, runs: int, config: str = "") -> Figure:
         fig = Figure(name, float(value), unit, runs, config)
         self.figures.append(fig)
-        print(f"  {name}: {fig.formatted()} ({runs} runs{', ' + config if config else ''})",
-              flush=True)
+        print(
+            f"  {name}: {fig.formatted()} ({runs} runs{', ' + config if config else ''})",
+            flush=True,
+        )
         return fig
 
-    def add_distribution(self, name: str, values: list[float], unit: str = "ms",
-                         config: str = "", quantiles: tuple[int, ...] = (50, 95, 99),
-                         scale: float = 1000.0) -> None:
+    def add_distribution(
+        self,
+        name: str,
+        values: list[float],
+        unit: str = "ms",
+        config: str = "",
+        quantiles: tuple[int, ...] = (50, 95, 99),
+        scale: float = 1000.0,
+    ) -> None:
         """pXX figures of `values` (seconds, shown in `unit` after multiplying by `scale`)."""
         if not values:
             return
@@ -101,8 +109,7 @@ def _version(dist: str) -> str:
 
 def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -166,8 +173,10 @@ def to_markdown(meta: dict[str, Any], benchmarks: list[Benchmark]) -> str:
             lines += [f"**Did not finish:** {_cell(b.error)}", ""]
         if b.figures:
             lines += ["| figure | value | runs | config |", "|---|---:|---:|---|"]
-            lines += [f"| {_cell(f.name)} | {f.formatted()} | {f.runs} | {_cell(f.config)} |"
-                      for f in b.figures]
+            lines += [
+                f"| {_cell(f.name)} | {f.formatted()} | {f.runs} | {_cell(f.config)} |"
+                for f in b.figures
+            ]
         lines.append("")
         lines.append(f"_{b.seconds:.0f} s_")
     return "\n".join(lines).rstrip() + "\n"

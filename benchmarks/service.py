@@ -80,20 +80,27 @@ class Runs:
 
 def _tiers() -> str:
     high = {"user_per_minute": HIGH_LIMIT, "user_concurrent": HIGH_LIMIT}
-    return json.dumps({
-        "internal": {"priority": 1},
-        "paid": {"priority": 2, **high},
-        "free": {"priority": 4, **high},
-        "bench": {"priority": 3, "dedicated_pool": True},
-        "benchlimited": {"priority": 3, "dedicated_pool": True, **high,
-                         "tier_per_minute": HIGH_LIMIT, "tier_concurrent": HIGH_LIMIT},
-    })
+    return json.dumps(
+        {
+            "internal": {"priority": 1},
+            "paid": {"priority": 2, **high},
+            "free": {"priority": 4, **high},
+            "bench": {"priority": 3, "dedicated_pool": True},
+            "benchlimited": {
+                "priority": 3,
+                "dedicated_pool": True,
+                **high,
+                "tier_per_minute": HIGH_LIMIT,
+                "tier_concurrent": HIGH_LIMIT,
+            },
+        }
+    )
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
     return {
         "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{ADMISSION_KEY}:bench:bench,"
-                             f"{ADMISSION_LIMITED_KEY}:benchl:benchlimited",
+        f"{ADMISSION_LIMITED_KEY}:benchl:benchlimited",
         "VIDEOGEN_TIERS": _tiers(),
         "VIDEOGEN_TASK_QUEUE_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
         "VIDEOGEN_LOG_LEVEL": "INFO",
@@ -106,14 +113,23 @@ def running_stack(gpu_workers: int, extra_env: dict[str, str]) -> Iterator[Stack
     """A stack in a temporary dir; its logs' tails are printed if something fails."""
     with tempfile.TemporaryDirectory(prefix="videogen-bench-") as tmp:
         data = Path(tmp)
-        stack = Stack(data_dir=data, api_port=free_port(), temporal_port=free_port(),
-                      ui_port=None, gpu_workers=gpu_workers, log_dir=data / "logs",
-                      env=_env(extra_env))
+        stack = Stack(
+            data_dir=data,
+            api_port=free_port(),
+            temporal_port=free_port(),
+            ui_port=None,
+            gpu_workers=gpu_workers,
+            log_dir=data / "logs",
+            env=_env(extra_env),
+        )
         started = time.monotonic()
         try:
             stack.start(timeout_s=240)
-            print(f"  (stack with {gpu_workers} GPU worker(s) up in "
-                  f"{time.monotonic() - started:.1f} s)", flush=True)
+            print(
+                f"  (stack with {gpu_workers} GPU worker(s) up in "
+                f"{time.monotonic() - started:.1f} s)",
+                flush=True,
+            )
             yield stack
         except BaseException:
             for f in sorted((data / "logs").glob("*.log")):
@@ -168,8 +184,10 @@ class Driver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             desc = await handle.describe()
-            if any(pa.activity_type.name == c.ACTIVITY_GENERATE
-                   for pa in desc.raw_description.pending_activities):
+            if any(
+                pa.activity_type.name == c.ACTIVITY_GENERATE
+                for pa in desc.raw_description.pending_activities
+            ):
                 return
             await asyncio.sleep(0.02)
         raise TimeoutError(f"{job_id}: its GPU activity was not scheduled in {timeout_s}s")
@@ -178,21 +196,37 @@ class Driver:
 @contextlib.asynccontextmanager
 async def driver(stack: Stack) -> Any:
     temporal = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30,
-                                 headers={"Authorization": f"Bearer {DEV_API_KEY}"}) as api:
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {DEV_API_KEY}"}
+    ) as api:
         yield Driver(stack, api, temporal)
 
 
 # -- pickup latency and orchestration overhead -------------------------------------------------
 
-async def short_jobs(d: Driver, n: int, pickup: Benchmark | None,
-                     overhead: Benchmark | None, gap_s: float = 0.5) -> None:
+
+async def short_jobs(
+    d: Driver, n: int, pickup: Benchmark | None, overhead: Benchmark | None, gap_s: float = 0.5
+) -> None:
     """`n` short jobs one after the other, each on an idle GPU worker; both benchmarks'
     figures come from the same runs."""
-    samples: dict[str, list[float]] = {k: [] for k in (
-        "pickup", "to_workflow_started", "to_gpu_scheduled", "scheduled_to_started",
-        "post_response", "e2e", "model", "overhead", "encode", "overhead_no_encode",
-        "gpu_activity", "after_gpu")}
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "pickup",
+            "to_workflow_started",
+            "to_gpu_scheduled",
+            "scheduled_to_started",
+            "post_response",
+            "e2e",
+            "model",
+            "overhead",
+            "encode",
+            "overhead_no_encode",
+            "gpu_activity",
+            "after_gpu",
+        )
+    }
     # One unmeasured job first: the first job of a fresh stack pays one-off costs (first
     # workflow task, caches) that a pickup on an idle worker does not.
     job, _ = await d.submit({**SHORT, "seed": 0})
@@ -226,52 +260,92 @@ async def short_jobs(d: Driver, n: int, pickup: Benchmark | None,
         s["overhead_no_encode"].append(e2e - res.generation_seconds - (enc.closed - enc.started))
         s["after_gpu"].append(seen - gpu.closed)
         if (i + 1) % 10 == 0:
-            print(f"    {i + 1}/{n} jobs, pickup p50 so far "
-                  f"{percentile(s['pickup'], 50) * 1000:.0f} ms", flush=True)
+            print(
+                f"    {i + 1}/{n} jobs, pickup p50 so far "
+                f"{percentile(s['pickup'], 50) * 1000:.0f} ms",
+                flush=True,
+            )
     job_cfg = ""
-    job_desc = (f"{SHORT['size']}, {SHORT['seconds']} s (9 frames), "
-                f"{SHORT['num_inference_steps']} steps; one at a time, {gap_s:g} s apart")
+    job_desc = (
+        f"{SHORT['size']}, {SHORT['seconds']} s (9 frames), "
+        f"{SHORT['num_inference_steps']} steps; one at a time, {gap_s:g} s apart"
+    )
     if pickup is not None:
         pickup.config["job"] = job_desc
         cfg = "idle worker"
         pickup.add_distribution("POST sent → GPU activity started", s["pickup"], config=cfg)
-        for key, label in (("post_response", "POST response time"),
-                           ("to_workflow_started", "POST sent → workflow started"),
-                           ("to_gpu_scheduled", "POST sent → GPU activity scheduled"),
-                           ("scheduled_to_started", "GPU activity scheduled → started")):
+        for key, label in (
+            ("post_response", "POST response time"),
+            ("to_workflow_started", "POST sent → workflow started"),
+            ("to_gpu_scheduled", "POST sent → GPU activity scheduled"),
+            ("scheduled_to_started", "GPU activity scheduled → started"),
+        ):
             pickup.add(f"{label} p50", percentile(s[key], 50) * 1000, "ms", n, cfg)
-        pickup.samples = {k: s[k] for k in ("pickup", "post_response", "to_workflow_started",
-                                            "to_gpu_scheduled")}
+        pickup.samples = {
+            k: s[k] for k in ("pickup", "post_response", "to_workflow_started", "to_gpu_scheduled")
+        }
     if overhead is not None:
         overhead.config["job"] = job_desc
-        overhead.add("end to end (POST sent → GET says completed) p50",
-                     percentile(s["e2e"], 50), "s", n, job_cfg)
-        overhead.add("time in the model (activity's generation_seconds) p50",
-                     percentile(s["model"], 50), "s", n, job_cfg)
-        overhead.add_distribution("overhead = end to end − model", s["overhead"],
-                                  quantiles=(50, 95), config=job_cfg)
-        overhead.add("MP4 encode activity (CPU worker) p50", percentile(s["encode"], 50) * 1000,
-                     "ms", n, job_cfg)
-        overhead.add_distribution("overhead without the encode", s["overhead_no_encode"],
-                                  quantiles=(50, 95), config=job_cfg)
-        overhead.add("of which: GPU activity ended → GET says completed p50",
-                     percentile(s["after_gpu"], 50) * 1000, "ms", n, job_cfg)
-        overhead.add("overhead share of end to end (medians)",
-                     statistics.median(s["overhead"]) / statistics.median(s["e2e"]) * 100,
-                     "%", n, job_cfg)
-        overhead.samples = {k: s[k] for k in ("e2e", "model", "overhead", "encode",
-                                              "gpu_activity", "after_gpu")}
+        overhead.add(
+            "end to end (POST sent → GET says completed) p50",
+            percentile(s["e2e"], 50),
+            "s",
+            n,
+            job_cfg,
+        )
+        overhead.add(
+            "time in the model (activity's generation_seconds) p50",
+            percentile(s["model"], 50),
+            "s",
+            n,
+            job_cfg,
+        )
+        overhead.add_distribution(
+            "overhead = end to end − model", s["overhead"], quantiles=(50, 95), config=job_cfg
+        )
+        overhead.add(
+            "MP4 encode activity (CPU worker) p50",
+            percentile(s["encode"], 50) * 1000,
+            "ms",
+            n,
+            job_cfg,
+        )
+        overhead.add_distribution(
+            "overhead without the encode",
+            s["overhead_no_encode"],
+            quantiles=(50, 95),
+            config=job_cfg,
+        )
+        overhead.add(
+            "of which: GPU activity ended → GET says completed p50",
+            percentile(s["after_gpu"], 50) * 1000,
+            "ms",
+            n,
+            job_cfg,
+        )
+        overhead.add(
+            "overhead share of end to end (medians)",
+            statistics.median(s["overhead"]) / statistics.median(s["e2e"]) * 100,
+            "%",
+            n,
+            job_cfg,
+        )
+        overhead.samples = {
+            k: s[k] for k in ("e2e", "model", "overhead", "encode", "gpu_activity", "after_gpu")
+        }
 
 
 # -- cancel latency ----------------------------------------------------------------------------
+
 
 async def cancel_latency(d: Driver, n: int, bench: Benchmark) -> None:
     """A long job runs; a short one waits behind it on the single GPU worker; cancel the long
     one and time until the worker is free (it reports the cancellation) and until the waiting
     job starts on it."""
     rng = random.Random(7)
-    s: dict[str, list[float]] = {k: [] for k in (
-        "api", "reported", "next_started", "cancelled_visible")}
+    s: dict[str, list[float]] = {
+        k: [] for k in ("api", "reported", "next_started", "cancelled_visible")
+    }
     for i in range(n):
         await asyncio.sleep(0.5)
         long_job, _ = await d.submit({**LONG, "seed": 1000 + i})
@@ -295,37 +369,58 @@ async def cancel_latency(d: Driver, n: int, bench: Benchmark) -> None:
         if gpu.outcome != "cancelled" or nxt.started is None or gpu.closed is None:
             raise RuntimeError(f"unexpected histories: {gpu}, {nxt}")
         if nxt.scheduled > sent:
-            raise RuntimeError("the queued job was not waiting when the cancel was sent: "
-                               f"scheduled {nxt.scheduled - sent:+.3f} s after it; "
-                               f"{long_tl}, {next_tl}")
+            raise RuntimeError(
+                "the queued job was not waiting when the cancel was sent: "
+                f"scheduled {nxt.scheduled - sent:+.3f} s after it; "
+                f"{long_tl}, {next_tl}"
+            )
         s["reported"].append(gpu.closed - sent)
         s["next_started"].append(nxt.started - sent)
         assert long_tl.closed is not None
         s["cancelled_visible"].append(long_tl.closed - sent)
-    bench.config["jobs"] = (f"cancelled: {LONG['size']}, {LONG['seconds']} s, "
-                            f"{LONG['num_inference_steps']} steps; queued behind it: "
-                            f"{SHORT['size']}, {SHORT['seconds']} s, "
-                            f"{SHORT['num_inference_steps']} steps")
+    bench.config["jobs"] = (
+        f"cancelled: {LONG['size']}, {LONG['seconds']} s, "
+        f"{LONG['num_inference_steps']} steps; queued behind it: "
+        f"{SHORT['size']}, {SHORT['seconds']} s, "
+        f"{SHORT['num_inference_steps']} steps"
+    )
     bench.config["heartbeat throttle"] = "1 s (default)"
     cfg = "1 GPU worker"
-    bench.add_distribution("cancel sent → GPU worker free (next job's activity started)",
-                           s["next_started"], quantiles=(50, 95), config=cfg)
-    bench.add_distribution("cancel sent → GPU activity reported cancelled", s["reported"],
-                           quantiles=(50, 95), config=cfg)
-    bench.add("cancel sent → job cancelled (workflow closed) p50",
-              percentile(s["cancelled_visible"], 50) * 1000, "ms", n, cfg)
+    bench.add_distribution(
+        "cancel sent → GPU worker free (next job's activity started)",
+        s["next_started"],
+        quantiles=(50, 95),
+        config=cfg,
+    )
+    bench.add_distribution(
+        "cancel sent → GPU activity reported cancelled",
+        s["reported"],
+        quantiles=(50, 95),
+        config=cfg,
+    )
+    bench.add(
+        "cancel sent → job cancelled (workflow closed) p50",
+        percentile(s["cancelled_visible"], 50) * 1000,
+        "ms",
+        n,
+        cfg,
+    )
     bench.add("POST /cancel response time p50", percentile(s["api"], 50) * 1000, "ms", n, cfg)
     bench.samples = {k: s[k] for k in ("next_started", "reported", "api")}
 
 
 # -- admission throughput ----------------------------------------------------------------------
 
-async def closed_loop(calls: list[Callable[[], Awaitable[str]]], seconds: float
-                      ) -> tuple[dict[str, int], list[float], float]:
+
+async def closed_loop(
+    calls: list[Callable[[], Awaitable[str]]], seconds: float
+) -> tuple[dict[str, int], list[float], float]:
     """Each call in its own loop, a new request as soon as the last is answered, for `seconds`
     after a 1 s warm-up (not counted): (outcome counts, latencies, elapsed seconds)."""
-    async def one(call: Callable[[], Awaitable[str]], until: float, lat: list[float],
-                  codes: dict[str, int]) -> None:
+
+    async def one(
+        call: Callable[[], Awaitable[str]], until: float, lat: list[float], codes: dict[str, int]
+    ) -> None:
         while time.monotonic() < until:
             t0 = time.perf_counter()
             try:
@@ -348,20 +443,29 @@ async def admission(d: Driver, clients: int, seconds: float, bench: Benchmark) -
     """`clients` concurrent connections POST back to back: once without rate limits, once with
     limits that are checked but never reached; then, for reference, the same concurrency of
     bare Temporal workflow starts (what each POST does once) against the same server."""
-    bench.config["request"] = (f"{SHORT['size']}, {SHORT['seconds']} s, "
-                               f"{SHORT['num_inference_steps']} steps, JSON body")
+    bench.config["request"] = (
+        f"{SHORT['size']}, {SHORT['seconds']} s, {SHORT['num_inference_steps']} steps, JSON body"
+    )
     cfg = f"{clients} clients, {seconds:g} s"
-    for key, label in ((ADMISSION_KEY, "no rate limits"),
-                       (ADMISSION_LIMITED_KEY, "rate limits checked")):
-        apis = [httpx.AsyncClient(base_url=d.stack.api_url, timeout=30,
-                                  limits=httpx.Limits(max_connections=1),
-                                  headers={"Authorization": f"Bearer {key}"})
-                for _ in range(clients)]
+    for key, label in (
+        (ADMISSION_KEY, "no rate limits"),
+        (ADMISSION_LIMITED_KEY, "rate limits checked"),
+    ):
+        apis = [
+            httpx.AsyncClient(
+                base_url=d.stack.api_url,
+                timeout=30,
+                limits=httpx.Limits(max_connections=1),
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            for _ in range(clients)
+        ]
 
         def poster(api: httpx.AsyncClient) -> Callable[[], Awaitable[str]]:
             async def post() -> str:
                 r = await api.post("/v1/videos", json={"prompt": PROMPT, **SHORT})
                 return str(r.status_code)
+
             return post
 
         try:
@@ -371,12 +475,13 @@ async def admission(d: Driver, clients: int, seconds: float, bench: Benchmark) -
                 await a.aclose()
         total = sum(codes.values())
         ok = sum(v for k, v in codes.items() if k.startswith("2"))
-        bench.add(f"accepted POST /v1/videos per second ({label})", ok / elapsed, "req/s",
-                  total, cfg)
-        bench.add(f"error rate, non-2xx ({label})", (total - ok) / max(total, 1) * 100, "%",
-                  total, cfg)
-        bench.add_distribution(f"POST latency ({label})", latencies, quantiles=(50, 95),
-                               config=cfg)
+        bench.add(
+            f"accepted POST /v1/videos per second ({label})", ok / elapsed, "req/s", total, cfg
+        )
+        bench.add(
+            f"error rate, non-2xx ({label})", (total - ok) / max(total, 1) * 100, "%", total, cfg
+        )
+        bench.add_distribution(f"POST latency ({label})", latencies, quantiles=(50, 95), config=cfg)
         bench.samples[f"outcomes ({label})"] = codes
         print(f"    outcomes: {codes}", flush=True)
 
@@ -384,20 +489,32 @@ async def admission(d: Driver, clients: int, seconds: float, bench: Benchmark) -
     queue = f"{d.stack.child_env()['VIDEOGEN_TASK_QUEUE_PREFIX']}-bench-nobody"
 
     async def start() -> str:
-        await d.temporal.start_workflow("BenchNothing", id=f"bench-{uuid.uuid4().hex}",
-                                        task_queue=queue)
+        await d.temporal.start_workflow(
+            "BenchNothing", id=f"bench-{uuid.uuid4().hex}", task_queue=queue
+        )
         return "ok"
 
     codes, latencies, elapsed = await closed_loop([start] * clients, seconds)
     ok = codes.get("ok", 0)
-    bench.add("reference: bare Temporal workflow starts per second (no API)", ok / elapsed,
-              "req/s", sum(codes.values()), cfg)
-    bench.add("reference: workflow start latency p50", percentile(latencies, 50) * 1000, "ms",
-              len(latencies), cfg)
+    bench.add(
+        "reference: bare Temporal workflow starts per second (no API)",
+        ok / elapsed,
+        "req/s",
+        sum(codes.values()),
+        cfg,
+    )
+    bench.add(
+        "reference: workflow start latency p50",
+        percentile(latencies, 50) * 1000,
+        "ms",
+        len(latencies),
+        cfg,
+    )
     bench.samples["outcomes (bare workflow starts)"] = codes
 
 
 # -- recovery after SIGTERM / SIGKILL ----------------------------------------------------------
+
 
 def worker_log_events(stack: Stack, job_id: str) -> list[tuple[float, str, int]]:
     """(time, event, attempt) of the GPU workers' log lines about a job (JSON lines with an ISO
@@ -464,8 +581,15 @@ async def recovery(d: Driver, runs: int, bench: Benchmark) -> None:
         # The retried attempt logs right after its first step (exact); without that line
         # (an older worker), its first progress signal past the resume step (up to 0.1 s late).
         resumed_at = _first(logged, RECOVERED_EVENT, 2) or next(
-            (p.at for p in tl.progress if p.update.attempt >= 2
-             and p.update.phase == c.Phase.DENOISING and p.update.step > resumed_from), None)
+            (
+                p.at
+                for p in tl.progress
+                if p.update.attempt >= 2
+                and p.update.phase == c.Phase.DENOISING
+                and p.update.step > resumed_from
+            ),
+            None,
+        )
         if resumed_at is None:
             raise RuntimeError(f"{job}: no sign of a resumed step in the logs or the history")
         # Steps the killed attempt had done that the retry did again. At least: up to its last
@@ -474,50 +598,80 @@ async def recovery(d: Driver, runs: int, bench: Benchmark) -> None:
         redone = max(0, max([p.update.step for p in first] + [reached]) - resumed_from)
         estimated = max(0, _step_at(first, sent) - resumed_from) if first else redone
         s.setdefault(f"{name} resumed", []).append(resumed_at - sent)
-        for key, event, attempt in (("handed over", "preempted: attempt handed over", 1),
-                                    ("retry picked up", "generation started", 2),
-                                    ("checkpoint restored", "resuming", 2)):
+        for key, event, attempt in (
+            ("handed over", "preempted: attempt handed over", 1),
+            ("retry picked up", "generation started", 2),
+            ("checkpoint restored", "resuming", 2),
+        ):
             at = _first(logged, event, attempt)
             if at is not None:
                 s.setdefault(f"{name} {key}", []).append(at - sent)
         s.setdefault(f"{name} lost", []).append(redone)
         s.setdefault(f"{name} lost estimated", []).append(estimated)
         s.setdefault(f"{name} wasted", []).append(v["wasted_steps"])
-        print(f"    {name}: signal at step >= {reached}, resumed from step {resumed_from}, "
-              f"first resumed step after {resumed_at - sent:.2f} s, wasted_steps "
-              f"{v['wasted_steps']}, steps redone >= {redone} (~{estimated})", flush=True)
+        print(
+            f"    {name}: signal at step >= {reached}, resumed from step {resumed_from}, "
+            f"first resumed step after {resumed_at - sent:.2f} s, wasted_steps "
+            f"{v['wasted_steps']}, steps redone >= {redone} (~{estimated})",
+            flush=True,
+        )
         # The supervisor's part: bring the killed worker back (a SIGTERMed one exits itself
         # once it has handed over).
         for child in stack.children:
             if child.process and child.process.pid == pid:
                 await asyncio.to_thread(child.process.wait, 60)
         stack.check()
-    bench.config["job"] = (f"{RECOVERY_JOB['size']}, {RECOVERY_JOB['seconds']} s, "
-                           f"{RECOVERY_JOB['num_inference_steps']} steps")
-    bench.config["signal"] = (f"once the job reports step {KILL_AT_STEP} or later; SIGTERM and "
-                              "SIGKILL alternate")
+    bench.config["job"] = (
+        f"{RECOVERY_JOB['size']}, {RECOVERY_JOB['seconds']} s, "
+        f"{RECOVERY_JOB['num_inference_steps']} steps"
+    )
+    bench.config["signal"] = (
+        f"once the job reports step {KILL_AT_STEP} or later; SIGTERM and SIGKILL alternate"
+    )
     cfg = ""
     for name in ("SIGTERM", "SIGKILL"):
         resumed = s.get(f"{name} resumed", [])
         if not resumed:
             continue
         n = len(resumed)
-        bench.add(f"{name}: signal → first resumed step, median", statistics.median(resumed),
-                  "s", n, cfg)
+        bench.add(
+            f"{name}: signal → first resumed step, median", statistics.median(resumed), "s", n, cfg
+        )
         bench.add(f"{name}: signal → first resumed step, max", max(resumed), "s", n, cfg)
-        for key, what in (("handed over", "attempt handed over (worker log)"),
-                          ("retry picked up", "retry started on the standby (worker log)"),
-                          ("checkpoint restored", "checkpoint restored (worker log)")):
+        for key, what in (
+            ("handed over", "attempt handed over (worker log)"),
+            ("retry picked up", "retry started on the standby (worker log)"),
+            ("checkpoint restored", "checkpoint restored (worker log)"),
+        ):
             if s.get(f"{name} {key}"):
-                bench.add(f"{name}: signal → {what}, median",
-                          statistics.median(s[f"{name} {key}"]), "s", len(s[f"{name} {key}"]),
-                          cfg)
+                bench.add(
+                    f"{name}: signal → {what}, median",
+                    statistics.median(s[f"{name} {key}"]),
+                    "s",
+                    len(s[f"{name} {key}"]),
+                    cfg,
+                )
         est = s[f"{name} lost estimated"]
-        bench.add(f"{name}: steps lost (redone by the retry, estimated), mean",
-                  statistics.mean(est), "steps", n, cfg)
+        bench.add(
+            f"{name}: steps lost (redone by the retry, estimated), mean",
+            statistics.mean(est),
+            "steps",
+            n,
+            cfg,
+        )
         bench.add(f"{name}: steps lost (estimated), max", max(est), "steps", n, cfg)
-        bench.add(f"{name}: steps lost (at least), mean", statistics.mean(s[f"{name} lost"]),
-                  "steps", n, cfg)
-        bench.add(f"{name}: wasted_steps the API reports, mean",
-                  statistics.mean(s[f"{name} wasted"]), "steps", n, cfg)
+        bench.add(
+            f"{name}: steps lost (at least), mean",
+            statistics.mean(s[f"{name} lost"]),
+            "steps",
+            n,
+            cfg,
+        )
+        bench.add(
+            f"{name}: wasted_steps the API reports, mean",
+            statistics.mean(s[f"{name} wasted"]),
+            "steps",
+            n,
+            cfg,
+        )
     bench.samples = s

@@ -189,8 +189,9 @@ class Plan:
 
 
 @functools.lru_cache(maxsize=200_000)
-def plan_attempt(policy: CheckpointPolicy, start_step: int, total_steps: int, step_s: float,
-                 cost: CheckpointCost) -> Plan:
+def plan_attempt(
+    policy: CheckpointPolicy, start_step: int, total_steps: int, step_s: float, cost: CheckpointCost
+) -> Plan:
     """Walk the attempt step by step and let the policy decide, as the worker's loop does.
 
     Cached: with whole-second job lengths most attempts share a plan, which is what makes
@@ -211,18 +212,26 @@ def plan_attempt(policy: CheckpointPolicy, start_step: int, total_steps: int, st
         measured = cost.write_s if confirmed and confirmed[0] <= t else None
         # The worker checks after every step, the last one included, and never starts a
         # checkpoint while the previous one is still being written.
-        if t >= busy_until and policy.due(steps_since=step - last_step,
-                                          seconds_since=t - last_at, cost_s=measured):
+        if t >= busy_until and policy.due(
+            steps_since=step - last_step, seconds_since=t - last_at, cost_s=measured
+        ):
             steps.append(step)
             taken.append(t)
             confirmed.append(t + cost.write_s)
             busy_until = t + cost.write_s
             last_step, last_at = step, t
             t += blocking
-    return Plan(start_step=start_step, step_s=step_s,
-                restore_s=cost.restore_s if start_step > 0 else 0.0, starts=tuple(starts),
-                ckpt_steps=tuple(steps), ckpt_taken=tuple(taken),
-                ckpt_confirmed=tuple(confirmed), blocking_s=blocking, duration=t)
+    return Plan(
+        start_step=start_step,
+        step_s=step_s,
+        restore_s=cost.restore_s if start_step > 0 else 0.0,
+        starts=tuple(starts),
+        ckpt_steps=tuple(steps),
+        ckpt_taken=tuple(taken),
+        ckpt_confirmed=tuple(confirmed),
+        blocking_s=blocking,
+        duration=t,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,13 +242,30 @@ class _Job:
     """One video. GPU seconds by category; `losses`: what each of its preemptions cost."""
 
     # Slots and a plain __init__: the simulation makes 100K of these a simulated day.
-    __slots__ = ("arrival", "blocking", "blocking_usd", "checkpoints", "counted", "done",
-                 "gpu_s", "graceful", "handover", "id", "losses", "lost", "ondemand_s",
-                 "preemptions", "restore", "resume_step", "spot_s", "step_s", "useful",
-                 "waste_usd")
+    __slots__ = (
+        "arrival",
+        "blocking",
+        "blocking_usd",
+        "checkpoints",
+        "counted",
+        "done",
+        "gpu_s",
+        "graceful",
+        "handover",
+        "id",
+        "losses",
+        "lost",
+        "ondemand_s",
+        "preemptions",
+        "restore",
+        "resume_step",
+        "spot_s",
+        "step_s",
+        "useful",
+        "waste_usd",
+    )
 
-    def __init__(self, id: int, arrival: float, gpu_s: float, step_s: float,
-                 counted: bool) -> None:
+    def __init__(self, id: int, arrival: float, gpu_s: float, step_s: float, counted: bool) -> None:
         self.id, self.arrival, self.gpu_s, self.step_s = id, arrival, gpu_s, step_s
         self.counted = counted
         self.resume_step = self.preemptions = self.checkpoints = self.graceful = 0
@@ -304,12 +330,20 @@ class _Sim:
     def new_job(self, t: float, gpu_s: float | None = None) -> _Job:
         f = self.f
         if gpu_s is None:
-            gpu_s = f.job_mean_s if f.job_cv <= 0 else self.job_rng.lognormvariate(
-                self.ln_mu, self.ln_sigma)
+            gpu_s = (
+                f.job_mean_s
+                if f.job_cv <= 0
+                else self.job_rng.lognormvariate(self.ln_mu, self.ln_sigma)
+            )
             # Whole seconds: attempts of equal length share one plan (see plan_attempt).
             gpu_s = max(float(f.steps_per_job), float(round(gpu_s)))
-        job = _Job(id=len(self.jobs), arrival=t, gpu_s=gpu_s, step_s=gpu_s / f.steps_per_job,
-                   counted=t < self.horizon)
+        job = _Job(
+            id=len(self.jobs),
+            arrival=t,
+            gpu_s=gpu_s,
+            step_s=gpu_s / f.steps_per_job,
+            counted=t < self.horizon,
+        )
         self.jobs.append(job)
         return job
 
@@ -320,12 +354,14 @@ class _Sim:
         inst.launched_at, inst.ready_at = t, ready_at
         self.push(ready_at, _READY, inst)
         if self.f.kills:
-            scripted = sorted((at, notice) for slot, at, notice in self.f.kills
-                              if slot == inst.slot and at > t)
+            scripted = sorted(
+                (at, notice) for slot, at, notice in self.f.kills if slot == inst.slot and at > t
+            )
             if inst.spot and scripted:
                 inst.kill_at, noticed = scripted[0]
-                inst.notice_at = (inst.kill_at - self.f.notice_s + self.f.notice_poll_s
-                                  if noticed else math.inf)
+                inst.notice_at = (
+                    inst.kill_at - self.f.notice_s + self.f.notice_poll_s if noticed else math.inf
+                )
                 self.push(inst.kill_at, _KILL, inst)
                 if noticed:
                     self.push(max(inst.notice_at, t), _NOTICE, inst)
@@ -364,8 +400,9 @@ class _Sim:
         key = (job.resume_step, job.step_s)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = plan_attempt(self.policy, job.resume_step,
-                                                   self.f.steps_per_job, job.step_s, self.f.ckpt)
+            plan = self._plans[key] = plan_attempt(
+                self.policy, job.resume_step, self.f.steps_per_job, job.step_s, self.f.ckpt
+            )
         inst.job, inst.plan, inst.t0, inst.stop = job, plan, self.now, math.inf
         inst.token += 1
         self.push(self.now + plan.duration, _FINISH, (inst, inst.token))
@@ -378,8 +415,9 @@ class _Sim:
 
     # -- accounting ---------------------------------------------------------------------------
 
-    def charge(self, inst: _Instance, job: _Job, gpu_s: float, wasted_s: float,
-               blocking_s: float) -> None:
+    def charge(
+        self, inst: _Instance, job: _Job, gpu_s: float, wasted_s: float, blocking_s: float
+    ) -> None:
         f = self.f
         price = f.spot_price if inst.spot else f.ondemand_price
         if inst.spot:
@@ -390,8 +428,14 @@ class _Sim:
         job.waste_usd += wasted_s * waste_price / 3600.0
         job.blocking_usd += blocking_s * price / 3600.0
 
-    def end_attempt(self, inst: _Instance, offset: float, *, finished: bool = False,
-                    saved: tuple[int, float, bool] | None = None) -> int:
+    def end_attempt(
+        self,
+        inst: _Instance,
+        offset: float,
+        *,
+        finished: bool = False,
+        saved: tuple[int, float, bool] | None = None,
+    ) -> int:
         """Book an attempt that ended `offset` seconds after it started; the step to resume at.
 
         `saved`: stopped by a notice and handed over: (step, end of the hand-over, whether it
@@ -471,8 +515,7 @@ class _Sim:
             # It does not fit: the loop has stopped (no FINISH), the end finds it unsaved.
             inst.token += 1
             return
-        job.resume_step = self.end_attempt(inst, end, saved=(state_step, end,
-                                                               newest != state_step))
+        job.resume_step = self.end_attempt(inst, end, saved=(state_step, end, newest != state_step))
         inst.token += 1
         inst.job, inst.plan = None, None
         self.push(inst.t0 + end + self.f.requeue_s, _REQUEUE, job)
@@ -533,8 +576,12 @@ class _Sim:
             self.push(at, _ARRIVE, float(gpu_s))
         if not f.saturated and not f.arrivals and f.videos_per_day > 0:
             self.push(self.arrival_rng.expovariate(f.videos_per_day / DAY_S), _ARRIVE, None)
-        handlers = {_ARRIVE: self.on_arrive, _READY: self.on_ready, _NOTICE: self.on_notice,
-                    _KILL: self.on_kill}
+        handlers = {
+            _ARRIVE: self.on_arrive,
+            _READY: self.on_ready,
+            _NOTICE: self.on_notice,
+            _KILL: self.on_kill,
+        }
         events = self.events
         while events:
             t, _, kind, obj = heapq.heappop(events)
@@ -582,8 +629,13 @@ class _Sim:
         busy_usd = (spot_s * f.spot_price + od_s * f.ondemand_price) / 3600.0
         fleet_usd = (f.n_spot * f.spot_price + (f.gpus - f.n_spot) * f.ondemand_price) * 24 * days
         h = 3600.0 * days
-        interval = (self.policy.interval_s(f.ckpt.write_s) if self.policy.mode == "adaptive"
-                    else self.policy.every_s if self.policy.mode == "seconds" else None)
+        interval = (
+            self.policy.interval_s(f.ckpt.write_s)
+            if self.policy.mode == "adaptive"
+            else self.policy.every_s
+            if self.policy.mode == "seconds"
+            else None
+        )
         return Result(
             policy=self.policy.describe(),
             cost_model=f.ckpt.describe(),
@@ -613,7 +665,8 @@ class _Sim:
             mean_latency_s=sum(latency) / n,
             p95_latency_s=_quantile(latency, 0.95),
             p95_latency_preempted_s=_quantile(
-                sorted(done[j.id] - j.arrival for j in preempted), 0.95),
+                sorted(done[j.id] - j.arrival for j in preempted), 0.95
+            ),
             cost_per_video=busy_usd / n,
             fleet_cost_per_video=fleet_usd / n,
             interval_s=interval,

@@ -47,16 +47,22 @@ def waste_vs_interval(sweep: dict[str, Any], path: Path) -> Path:
     ydb_x, ydb_total, _ = sweep["yd_blocking"]
     ax.axhline(off_waste, color="grey", ls="--", label="no checkpoint")
     ax.axhline(step_total, color="k", ls="-.", label="per-step async")
-    ax.plot([ydb_x], [ydb_total], "P", color=COLOURS[2], markersize=11, markeredgecolor="k",
-            label="async, Young–Daly on the blocking part")
+    ax.plot(
+        [ydb_x],
+        [ydb_total],
+        "P",
+        color=COLOURS[2],
+        markersize=11,
+        markeredgecolor="k",
+        label="async, Young–Daly on the blocking part",
+    )
     bx.axhline(off_p95, color="grey", ls="--", label="no checkpoint")
     bx.axhline(off_p95p, color="grey", ls=":")
     bx.axhline(step_p95, color="k", ls="-.", label="per-step async")
     bx.axhline(step_p95p, color="k", ls=":")
     bx.plot([], [], "s:", color="grey", markersize=4, label="dotted: preempted jobs only")
     ax.plot([], [], ":", color="grey", label="dotted: lost work only")
-    ax.plot([], [], "*", color="w", markeredgecolor="k", markersize=12,
-            label="Young–Daly interval")
+    ax.plot([], [], "*", color="w", markeredgecolor="k", markersize=12, label="Young–Daly interval")
     for axis in (ax, bx):
         axis.set_xscale("log")
         axis.set_xticks(xs)
@@ -75,16 +81,28 @@ def waste_vs_interval(sweep: dict[str, Any], path: Path) -> Path:
     return _save(fig, sweep["title"], path)
 
 
-def _capped(axis: Any, xs: list[float], ys: list[float], style: str, colour: str,
-            label: str | None, **kw: Any) -> None:
+def _capped(
+    axis: Any,
+    xs: list[float],
+    ys: list[float],
+    style: str,
+    colour: str,
+    label: str | None,
+    **kw: Any,
+) -> None:
     """Plot ys, clipping values above LATENCY_CAP_MIN to the cap and writing them out."""
     clipped = [min(y, LATENCY_CAP_MIN) for y in ys]
     axis.plot(xs, clipped, style, color=colour, label=label, **kw)
     for x, y in zip(xs, ys, strict=True):
         if y > LATENCY_CAP_MIN and label is not None:  # one note per point is enough
-            axis.annotate(f"all jobs: {y:.0f} min (overloaded fleet)", (x, LATENCY_CAP_MIN),
-                          fontsize=7,
-                          color=colour, xytext=(6, -12), textcoords="offset points")
+            axis.annotate(
+                f"all jobs: {y:.0f} min (overloaded fleet)",
+                (x, LATENCY_CAP_MIN),
+                fontsize=7,
+                color=colour,
+                xytext=(6, -12),
+                textcoords="offset points",
+            )
 
 
 def cost_vs_spot_share(sweep: dict[str, Any], path: Path) -> Path:
@@ -98,8 +116,7 @@ def cost_vs_spot_share(sweep: dict[str, Any], path: Path) -> Path:
     fig, (ax, cx, bx) = plt.subplots(1, 3, figsize=(14, 4.2), dpi=100)
     xs = [100 * s for s in sweep["shares"]]
     styles = ("o-", "s--", "^-", "d:")
-    for colour, style, (label, p) in zip(COLOURS, styles, sweep["policies"].items(),
-                                         strict=False):
+    for colour, style, (label, p) in zip(COLOURS, styles, sweep["policies"].items(), strict=False):
         ax.plot(xs, p["cost"], style, color=colour, label=label)
         # Log scale: $0 (no preemptions, no checkpoints) is drawn at $1.
         cx.plot(xs, [max(1.0, v) for v in p["lost_usd"]], style, color=colour, label=label)

@@ -59,14 +59,23 @@ MEASURED_WRITE_S = 0.65
 MEASURED_BLOCKING_S = 0.03
 MEASURED_RESTORE_S = 0.6
 
-ASYNC = CheckpointCost(write_s=MEASURED_WRITE_S, blocking_s=MEASURED_BLOCKING_S,
-                       restore_s=MEASURED_RESTORE_S, size_mb=MEASURED_CKPT_MB)
-SYNC_MEASURED = CheckpointCost(write_s=MEASURED_WRITE_S, restore_s=MEASURED_RESTORE_S,
-                               size_mb=MEASURED_CKPT_MB)
-SYNC_DOC = CheckpointCost(write_s=DOC_CKPT_S, restore_s=MEASURED_RESTORE_S,
-                          size_mb=MEASURED_CKPT_MB)
-COST_MODELS = {"sync C=5 s (document)": SYNC_DOC, "sync C=0.65 s": SYNC_MEASURED,
-               "async C=0.65 s (worker)": ASYNC}
+ASYNC = CheckpointCost(
+    write_s=MEASURED_WRITE_S,
+    blocking_s=MEASURED_BLOCKING_S,
+    restore_s=MEASURED_RESTORE_S,
+    size_mb=MEASURED_CKPT_MB,
+)
+SYNC_MEASURED = CheckpointCost(
+    write_s=MEASURED_WRITE_S, restore_s=MEASURED_RESTORE_S, size_mb=MEASURED_CKPT_MB
+)
+SYNC_DOC = CheckpointCost(
+    write_s=DOC_CKPT_S, restore_s=MEASURED_RESTORE_S, size_mb=MEASURED_CKPT_MB
+)
+COST_MODELS = {
+    "sync C=5 s (document)": SYNC_DOC,
+    "sync C=0.65 s": SYNC_MEASURED,
+    "async C=0.65 s (worker)": ASYNC,
+}
 
 OFF = CheckpointPolicy(mode="off")
 PER_STEP = CheckpointPolicy(mode="steps", every_steps=1)
@@ -99,11 +108,25 @@ def default_fleet(days: float = 1.0) -> Fleet:
     Prices: on-demand $3.50/h (the table's $637/182 h), spot 70 % less ($1.05/h: the "~50 %
     savings" of a 70/30 split).
     """
-    return Fleet(days=days, videos_per_day=DOC_VIDEOS_PER_DAY, job_mean_s=750.0, job_cv=0.25,
-                 steps_per_job=50, gpus=DOC_GPUS, spot_share=0.7,
-                 interruptions_per_hour=DOC_RATE_PER_HOUR, notice_share=0.0, notice_s=120.0,
-                 notice_poll_s=5.0, heartbeat_timeout_s=30.0, requeue_s=0.1, replace_s=180.0,
-                 ckpt=ASYNC, spot_price=1.05, ondemand_price=3.50)
+    return Fleet(
+        days=days,
+        videos_per_day=DOC_VIDEOS_PER_DAY,
+        job_mean_s=750.0,
+        job_cv=0.25,
+        steps_per_job=50,
+        gpus=DOC_GPUS,
+        spot_share=0.7,
+        interruptions_per_hour=DOC_RATE_PER_HOUR,
+        notice_share=0.0,
+        notice_s=120.0,
+        notice_poll_s=5.0,
+        heartbeat_timeout_s=30.0,
+        requeue_s=0.1,
+        replace_s=180.0,
+        ckpt=ASYNC,
+        spot_price=1.05,
+        ondemand_price=3.50,
+    )
 
 
 def doc_fleet(job_s: float, days: float, ckpt: CheckpointCost) -> Fleet:
@@ -112,11 +135,23 @@ def doc_fleet(job_s: float, days: float, ckpt: CheckpointCost) -> Fleet:
     A preempted job waits 90 s before it runs again (detection, pickup and cold start: what
     the table's extra-wait row implies, 4 − 2.5 min), and the fleet stays at 730 instances.
     """
-    return Fleet(days=days, saturated=True, job_mean_s=job_s, job_cv=0.0, steps_per_job=50,
-                 gpus=DOC_SPOT_INSTANCES, spot_share=1.0,
-                 interruptions_per_hour=DOC_RATE_PER_HOUR, notice_share=0.0,
-                 heartbeat_timeout_s=90.0, replace_s=0.0, ckpt=ckpt, spot_price=3.5,
-                 ondemand_price=3.5, waste_price=3.5)
+    return Fleet(
+        days=days,
+        saturated=True,
+        job_mean_s=job_s,
+        job_cv=0.0,
+        steps_per_job=50,
+        gpus=DOC_SPOT_INSTANCES,
+        spot_share=1.0,
+        interruptions_per_hour=DOC_RATE_PER_HOUR,
+        notice_share=0.0,
+        heartbeat_timeout_s=90.0,
+        replace_s=0.0,
+        ckpt=ckpt,
+        spot_price=3.5,
+        ondemand_price=3.5,
+        waste_price=3.5,
+    )
 
 
 @dataclass(frozen=True)
@@ -189,12 +224,15 @@ def reproduction_runs(days: float) -> list[Run]:
     free = CheckpointCost()
     runs = []
     for job_s, tag in ((300.0, "5min"), (750.0, "12.5min")):
-        runs += [Run(f"doc/{tag}/off", doc_fleet(job_s, days, free), OFF),
-                 Run(f"doc/{tag}/30s", doc_fleet(job_s, days, free), every(30)),
-                 Run(f"doc/{tag}/120s", doc_fleet(job_s, days, free), every(120))]
+        runs += [
+            Run(f"doc/{tag}/off", doc_fleet(job_s, days, free), OFF),
+            Run(f"doc/{tag}/30s", doc_fleet(job_s, days, free), every(30)),
+            Run(f"doc/{tag}/120s", doc_fleet(job_s, days, free), every(120)),
+        ]
     for interval in (30, 60, 120):
-        runs.append(Run(f"doc/12.5min/{interval}s/C5", doc_fleet(750.0, days, SYNC_DOC),
-                        every(interval)))
+        runs.append(
+            Run(f"doc/12.5min/{interval}s/C5", doc_fleet(750.0, days, SYNC_DOC), every(interval))
+        )
     return runs
 
 
@@ -209,13 +247,16 @@ def comparison_runs(days: float) -> list[Run]:
         runs.append(Run(f"cmp/{label}/young-daly", f, yd))
     # The worker's adaptive policy takes C to be the whole write (what its writer measures),
     # though an asynchronous write blocks the loop only for the snapshot: Young–Daly on that.
-    runs.append(Run("cmp/async C=0.65 s (worker)/young-daly-blocking", base,
-                    young_daly_on_blocking(base)))
+    runs.append(
+        Run("cmp/async C=0.65 s (worker)/young-daly-blocking", base, young_daly_on_blocking(base))
+    )
     runs.append(Run("cmp/async C=0.65 s (worker)/per-step", base, PER_STEP))
     noticed = replace(base, notice_share=1.0)
-    runs += [Run("cmp/notice/off", noticed, OFF),
-             Run("cmp/notice/young-daly", noticed, yd),
-             Run("cmp/notice/per-step", noticed, PER_STEP)]
+    runs += [
+        Run("cmp/notice/off", noticed, OFF),
+        Run("cmp/notice/young-daly", noticed, yd),
+        Run("cmp/notice/per-step", noticed, PER_STEP),
+    ]
     return runs
 
 
@@ -225,8 +266,11 @@ SPOT_SHARES = (0.0, 0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def interval_runs(days: float, intervals: tuple[int, ...] = INTERVALS) -> list[Run]:
     base = default_fleet(days)
-    runs = [Run("sweep/off", base, OFF), Run("sweep/per-step", base, PER_STEP),
-            Run("sweep/young-daly-blocking", base, young_daly_on_blocking(base))]
+    runs = [
+        Run("sweep/off", base, OFF),
+        Run("sweep/per-step", base, PER_STEP),
+        Run("sweep/young-daly-blocking", base, young_daly_on_blocking(base)),
+    ]
     for label, cost in COST_MODELS.items():
         f = replace(base, ckpt=cost)
         runs += [Run(f"sweep/{label}/{i}s", f, every(i)) for i in intervals]
@@ -250,4 +294,3 @@ def spot_runs(days: float, shares: tuple[float, ...] = SPOT_SHARES) -> list[Run]
             f = replace(base, spot_share=share, ckpt=cost)
             runs.append(Run(f"spot/{label}/{share:g}", f, policy or young_daly(base)))
     return runs
-

@@ -44,8 +44,9 @@ def moto_s3() -> Iterator[s3server.S3Server]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory,
-          request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("stack")
     s = Stack(
         data_dir=data,
@@ -57,7 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
         worker_metrics=True,
         env={
             "VIDEOGEN_API_KEYS": f"{DEV_API_KEY}:dev:paid,{OTHER_KEY}:other:free,"
-                                 f"{OBS_KEY}:obs:internal",
+            f"{OBS_KEY}:obs:internal",
             "VIDEOGEN_ADMIN_KEY": ADMIN_KEY,
             "VIDEOGEN_LOG_FORMAT": "json",
             # Tracing on, spans printed into each process's log (test_observability.py reads
@@ -72,11 +73,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
             "VIDEOGEN_TASK_QUEUE_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
             # The suite submits faster than the default limits allow a user; limits have
             # their own tests (test_scheduling.py).
-            "VIDEOGEN_TIERS": json.dumps({
-                "internal": {"priority": 1},
-                "paid": {"priority": 2, "user_per_minute": 1000},
-                "free": {"priority": 4, "user_per_minute": 1000},
-            }),
+            "VIDEOGEN_TIERS": json.dumps(
+                {
+                    "internal": {"priority": 1},
+                    "paid": {"priority": 2, "user_per_minute": 1000},
+                    "free": {"priority": 4, "user_per_minute": 1000},
+                }
+            ),
         },
     )
     try:
@@ -93,8 +96,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
 def _dump_logs(log_dir: Path) -> None:
     for f in sorted(log_dir.glob("*.log")):
         # Without the trace spans (one JSON object per line, starting with their name).
-        lines = [ln for ln in f.read_text(errors="replace").splitlines()
-                 if not ln.startswith('{"name": ')]
+        lines = [
+            ln
+            for ln in f.read_text(errors="replace").splitlines()
+            if not ln.startswith('{"name": ')
+        ]
         print(f"----- {f.name} -----\n" + "\n".join(lines)[-4000:])
 
 

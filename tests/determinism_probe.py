@@ -26,9 +26,12 @@ FPS = 8
 def encode(directory: Path) -> dict[str, str]:
     from activities import media
 
-    return {path.name: hashlib.sha256(media.encode_mp4(
-        media.frames_from_bytes(path.read_bytes()), FPS)).hexdigest()
-        for path in sorted(directory.glob("*.npy"))}
+    return {
+        path.name: hashlib.sha256(
+            media.encode_mp4(media.frames_from_bytes(path.read_bytes()), FPS)
+        ).hexdigest()
+        for path in sorted(directory.glob("*.npy"))
+    }
 
 
 def params_of(job: dict[str, Any]) -> Any:
@@ -37,9 +40,15 @@ def params_of(job: dict[str, Any]) -> Any:
 
     width, height = catalog.ModelSpec.parse_size(job["size"])
     return pipeline.GenerationParams(
-        prompt="a lighthouse in a storm", negative_prompt="", seed=job["seed"], width=width,
-        height=height, num_frames=catalog.TINY_SPEC.num_frames(1),
-        num_inference_steps=job["steps"], guidance_scale=catalog.TINY_SPEC.guidance_scale)
+        prompt="a lighthouse in a storm",
+        negative_prompt="",
+        seed=job["seed"],
+        width=width,
+        height=height,
+        num_frames=catalog.TINY_SPEC.num_frames(1),
+        num_inference_steps=job["steps"],
+        guidance_scale=catalog.TINY_SPEC.guidance_scale,
+    )
 
 
 def run_job(model: Any, job: dict[str, Any]) -> str:
@@ -50,8 +59,9 @@ def run_job(model: Any, job: dict[str, Any]) -> str:
     params = params_of(job)
     if "resume" in job:
         ckpt = checkpoint.decode(Path(job["resume"]).read_bytes())
-        warnings = checkpoint.check_compatible(ckpt, model, params, job_id="probe",
-                                               num_threads=torch.get_num_threads())
+        warnings = checkpoint.check_compatible(
+            ckpt, model, params, job_id="probe", num_threads=torch.get_num_threads()
+        )
         assert not warnings, warnings
         state = checkpoint.restore(model, ckpt, params)
     else:

@@ -39,8 +39,9 @@ def preemption_env(prefix: str) -> dict[str, str]:
 
 def api_client(stack: Stack, key: str = DEV_API_KEY) -> httpx.Client:
     """An HTTP client for the stack's API, authenticated with `key`."""
-    return httpx.Client(base_url=stack.api_url, timeout=30,
-                        headers={"Authorization": f"Bearer {key}"})
+    return httpx.Client(
+        base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    )
 
 
 def submit(api: httpx.Client, **body: Any) -> dict[str, Any]:
@@ -50,8 +51,12 @@ def submit(api: httpx.Client, **body: Any) -> dict[str, Any]:
     return r.json()
 
 
-def wait_for(api: httpx.Client, video_id: str, statuses: tuple[str, ...] = (
-        "completed", "failed", "cancelled"), timeout_s: float = 120) -> dict[str, Any]:
+def wait_for(
+    api: httpx.Client,
+    video_id: str,
+    statuses: tuple[str, ...] = ("completed", "failed", "cancelled"),
+    timeout_s: float = 120,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         v = api.get(f"/v1/videos/{video_id}").json()
@@ -79,10 +84,19 @@ def _generate(body: dict[str, Any]) -> Any:
     req = {"prompt": "a lighthouse in a storm", **SMALL, **body}
     spec = catalog.TINY_SPEC
     width, height = (int(v) for v in req["size"].split("x"))
-    return pipeline.generate(_tiny_model(), pipeline.GenerationParams(
-        prompt=req["prompt"], negative_prompt=req.get("negative_prompt", ""), seed=req["seed"],
-        width=width, height=height, num_frames=spec.num_frames(int(req["seconds"])),
-        num_inference_steps=req["num_inference_steps"], guidance_scale=spec.guidance_scale))
+    return pipeline.generate(
+        _tiny_model(),
+        pipeline.GenerationParams(
+            prompt=req["prompt"],
+            negative_prompt=req.get("negative_prompt", ""),
+            seed=req["seed"],
+            width=width,
+            height=height,
+            num_frames=spec.num_frames(int(req["seconds"])),
+            num_inference_steps=req["num_inference_steps"],
+            guidance_scale=spec.guidance_scale,
+        ),
+    )
 
 
 def reference_mp4(body: dict[str, Any]) -> bytes:
@@ -102,12 +116,15 @@ def assert_reference_video(api: httpx.Client, job_id: str, body: dict[str, Any])
     frames = reference_frames(body)
     v = api.get(f"/v1/videos/{job_id}").json()
     assert v["frames_sha256"] == media.frames_sha256(frames), (
-        f"{job_id}: generated frames differ from the uninterrupted reference")
+        f"{job_id}: generated frames differ from the uninterrupted reference"
+    )
     content = api.get(f"/v1/videos/{job_id}/content").content
     assert hashlib.sha256(content).hexdigest() == v["video_sha256"], (
-        f"{job_id}: the stored MP4 is not the one the job's result names")
+        f"{job_id}: the stored MP4 is not the one the job's result names"
+    )
     assert content == media.encode_mp4(frames, catalog.TINY_SPEC.fps), (
-        f"{job_id}: same frames, but the MP4 bytes differ from this process's encode")
+        f"{job_id}: same frames, but the MP4 bytes differ from this process's encode"
+    )
 
 
 _MODEL: list[Any] = []
@@ -143,24 +160,41 @@ def direct_request(stack: Stack, **overrides: object) -> c.VideoRequest:
     """A valid request for starting a workflow directly (not through the API) on the stack."""
     prefix = stack.child_env()["VIDEOGEN_TASK_QUEUE_PREFIX"]
     fields: dict[str, object] = dict(
-        job_id=f"video_{uuid.uuid4().hex}", user="dev", tier="paid", prompt="direct start",
-        model="videogen-tiny", seed=1, width=64, height=64, seconds=1, fps=8, num_frames=9,
-        num_inference_steps=2, guidance_scale=5.0, gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
-        cpu_task_queue=f"{prefix}-cpu", progress_interval_s=0.1,
+        job_id=f"video_{uuid.uuid4().hex}",
+        user="dev",
+        tier="paid",
+        prompt="direct start",
+        model="videogen-tiny",
+        seed=1,
+        width=64,
+        height=64,
+        seconds=1,
+        fps=8,
+        num_frames=9,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
+        cpu_task_queue=f"{prefix}-cpu",
+        progress_interval_s=0.1,
     )
     fields.update(overrides)
     return c.VideoRequest(**fields)  # type: ignore[arg-type]
 
 
-def gpu_worker_settings(stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str,
-                         **overrides: object) -> Settings:
+def gpu_worker_settings(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str, **overrides: object
+) -> Settings:
     """Settings for a GPU worker run in this process on its own queue, sharing the stack's
     Temporal, store and CPU worker."""
     monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
     fields: dict[str, object] = dict(
-        data_dir=stack.data_dir, storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
-        task_queue_prefix=f"{name}-{uuid.uuid4().hex[:8]}", checkpoint_policy="steps",
-        checkpoint_every_steps=1, heartbeat_timeout_s=10)
+        data_dir=stack.data_dir,
+        storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
+        task_queue_prefix=f"{name}-{uuid.uuid4().hex[:8]}",
+        checkpoint_policy="steps",
+        checkpoint_every_steps=1,
+        heartbeat_timeout_s=10,
+    )
     fields.update(overrides)
     return Settings(**fields)  # type: ignore[arg-type]
 
@@ -195,8 +229,12 @@ def gpu_metrics(stack: Stack) -> Samples:
     """The metrics of every live GPU worker of `stack` that serves them yet, summed."""
     out: Samples = {}
     for child in stack.children:
-        if child.name.startswith("gpu-worker") and child.metrics_port and \
-                child.process is not None and child.process.poll() is None:
+        if (
+            child.name.startswith("gpu-worker")
+            and child.metrics_port
+            and child.process is not None
+            and child.process.poll() is None
+        ):
             try:
                 samples = scrape(f"http://127.0.0.1:{child.metrics_port}/metrics")
             except httpx.ConnectError:

@@ -45,6 +45,8 @@ class Metadata:
                     self._send(200, json.dumps(meta.notice))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = (f"http://127.0.0.1:{self.server.server_address[1]}"
-                    "/latest/meta-data/spot/instance-action")
+        self.url = (
+            f"http://127.0.0.1:{self.server.server_address[1]}"
+            "/latest/meta-data/spot/instance-action"
+        )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

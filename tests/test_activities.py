@@ -31,9 +31,21 @@ def model() -> pipeline.LoadedModel:
 
 def _request(**overrides: object) -> c.VideoRequest:
     req = c.VideoRequest(
-        job_id="video_unit", user="u", tier="paid", prompt="a kite", model="videogen-tiny",
-        seed=3, width=64, height=64, seconds=1, fps=8, num_frames=9, num_inference_steps=3,
-        guidance_scale=5.0, gpu_task_queue="gpu", cpu_task_queue="cpu",
+        job_id="video_unit",
+        user="u",
+        tier="paid",
+        prompt="a kite",
+        model="videogen-tiny",
+        seed=3,
+        width=64,
+        height=64,
+        seconds=1,
+        fps=8,
+        num_frames=9,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        gpu_task_queue="gpu",
+        cpu_task_queue="cpu",
     )
     return dataclasses.replace(req, **overrides)  # type: ignore[arg-type]
 
@@ -44,23 +56,38 @@ def _env(attempt: int = 1) -> ActivityEnvironment:
     return env
 
 
-async def test_generate_stores_frames_under_the_attempt_key(model: pipeline.LoadedModel,
-                                                            tmp_path: Path) -> None:
+async def test_generate_stores_frames_under_the_attempt_key(
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     store = FileStore(tmp_path)
     acts = DiffusionActivities(model, store)
     out = await _env(attempt=2).run(acts.generate_video, c.GenerateInput(_request()))
     assert out.frames_key == "frames/video_unit/attempt-2.npy" and out.attempt == 2
     frames = media.frames_from_bytes(store.get(out.frames_key))
     assert frames.shape == (9, 64, 64, 3)
-    direct = pipeline.generate(model, pipeline.GenerationParams(
-        prompt="a kite", negative_prompt="", seed=3, width=64, height=64, num_frames=9,
-        num_inference_steps=3, guidance_scale=5.0))
+    direct = pipeline.generate(
+        model,
+        pipeline.GenerationParams(
+            prompt="a kite",
+            negative_prompt="",
+            seed=3,
+            width=64,
+            height=64,
+            num_frames=9,
+            num_inference_steps=3,
+            guidance_scale=5.0,
+        ),
+    )
     assert (frames == direct).all()
 
     # The CPU side turns them into the three outputs; cleanup removes the frames only.
     post = PostprocessActivities(store)
-    enc = await ActivityEnvironment().run(post.encode_video, c.EncodeInput(
-        job_id="video_unit", frames_key=out.frames_key, fps=8, frames_sha256=out.frames_sha256))
+    enc = await ActivityEnvironment().run(
+        post.encode_video,
+        c.EncodeInput(
+            job_id="video_unit", frames_key=out.frames_key, fps=8, frames_sha256=out.frames_sha256
+        ),
+    )
     assert out.frames_sha256 == enc.frames_sha256 == media.frames_sha256(direct)
     assert media.probe_mp4(store.get(enc.video_key)).frames == 9
     assert enc.duration_s == pytest.approx(9 / 8)
@@ -71,16 +98,21 @@ async def test_generate_stores_frames_under_the_attempt_key(model: pipeline.Load
     assert len(store.list("videos/video_unit/")) == 3
 
 
-async def test_a_published_video_never_changes(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_published_video_never_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An encode retried after its first attempt stored the outputs (its completion lost), on
     an encoder that writes other bytes: the stored files stay, and the result names them."""
     store = FileStore(tmp_path)
     frames = np.random.default_rng(5).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     store.put("frames/video_once/attempt-1.npy", media.frames_to_bytes(frames))
     post = PostprocessActivities(store)
-    inp = c.EncodeInput(job_id="video_once", frames_key="frames/video_once/attempt-1.npy", fps=8,
-                        frames_sha256=media.frames_sha256(frames))
+    inp = c.EncodeInput(
+        job_id="video_once",
+        frames_key="frames/video_once/attempt-1.npy",
+        fps=8,
+        frames_sha256=media.frames_sha256(frames),
+    )
     first = await ActivityEnvironment().run(post.encode_video, inp)
     published = {key: store.get(key) for key in store.list("videos/video_once/")}
     assert len(published) == 3
@@ -97,21 +129,29 @@ async def test_damaged_frames_fail_the_encode_for_good(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     frames = np.zeros((5, 32, 32, 3), dtype=np.uint8)
     store.put("frames/video_bad/attempt-1.npy", media.frames_to_bytes(frames))
-    inp = c.EncodeInput(job_id="video_bad", frames_key="frames/video_bad/attempt-1.npy", fps=8,
-                        frames_sha256="0" * 64)
+    inp = c.EncodeInput(
+        job_id="video_bad",
+        frames_key="frames/video_bad/attempt-1.npy",
+        fps=8,
+        frames_sha256="0" * 64,
+    )
     with pytest.raises(ApplicationError, match="damaged") as err:
         await ActivityEnvironment().run(PostprocessActivities(store).encode_video, inp)
     assert err.value.type == c.ErrorCode.FRAMES_CORRUPT and err.value.non_retryable
     assert store.list("videos/video_bad/") == []
 
 
-@pytest.mark.parametrize(("override", "fragment"), [
-    ({"num_frames": 10}, "num_frames"),
-    ({"width": 65}, "width"),
-    ({"model": "other-model"}, "serves model"),
-])
-async def test_bad_input_is_not_retryable(model: pipeline.LoadedModel, tmp_path: Path,
-                                          override: dict[str, object], fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ({"num_frames": 10}, "num_frames"),
+        ({"width": 65}, "width"),
+        ({"model": "other-model"}, "serves model"),
+    ],
+)
+async def test_bad_input_is_not_retryable(
+    model: pipeline.LoadedModel, tmp_path: Path, override: dict[str, object], fragment: str
+) -> None:
     acts = DiffusionActivities(model, FileStore(tmp_path))
     with pytest.raises(ApplicationError) as info:
         await _env().run(acts.generate_video, c.GenerateInput(_request(**override)))
@@ -149,8 +189,13 @@ def _reference(model: pipeline.LoadedModel, req: c.VideoRequest) -> np.ndarray:
     return pipeline.generate(model, pipeline.GenerationParams.from_request(req))
 
 
-async def _run_until(acts: DiffusionActivities, req: c.VideoRequest, env: ActivityEnvironment,
-                     reached: int, action: str) -> tuple[BaseException, list[dict[str, Any]]]:
+async def _run_until(
+    acts: DiffusionActivities,
+    req: c.VideoRequest,
+    env: ActivityEnvironment,
+    reached: int,
+    action: str,
+) -> tuple[BaseException, list[dict[str, Any]]]:
     """Run one attempt; when its heartbeats show `reached` steps, shut the worker down or
     (a crash, as the server sees it) stop listening. The attempt's error and heartbeats."""
     beats: list[dict[str, Any]] = []
@@ -175,7 +220,8 @@ def _attempt(n: int, details: dict[str, Any] | None) -> ActivityEnvironment:
 
 
 async def test_graceful_shutdown_hands_over_without_losing_a_step(
-        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     store = FileStore(tmp_path)
     acts = DiffusionActivities(model, store, policy=STEPS_POLICY)
     req = _request(**LONG)
@@ -186,7 +232,8 @@ async def test_graceful_shutdown_hands_over_without_losing_a_step(
     # The final heartbeat names a checkpoint of exactly the step the loop stopped at.
     assert last["step"] == last["reached_step"] >= 6 and last["attempt"] == 1
     assert store.exists(last["checkpoint_key"]) and last["checkpoint_uri"].endswith(
-        last["checkpoint_key"])
+        last["checkpoint_key"]
+    )
     assert last["previous"]["step"] < last["step"]
 
     out = await _attempt(2, last).run(acts.generate_video, c.GenerateInput(req))
@@ -194,8 +241,9 @@ async def test_graceful_shutdown_hands_over_without_losing_a_step(
     _assert_reference(store, out, model, req)
 
 
-async def _crashed(model: pipeline.LoadedModel, store: FileStore
-                   ) -> tuple[DiffusionActivities, c.VideoRequest, list[dict[str, Any]]]:
+async def _crashed(
+    model: pipeline.LoadedModel, store: FileStore
+) -> tuple[DiffusionActivities, c.VideoRequest, list[dict[str, Any]]]:
     """Attempt 1 of a 40-step job that stops heartbeating (dies, as the server sees it) after
     10 steps; its activities, request and heartbeats."""
     acts = DiffusionActivities(model, store, policy=STEPS_POLICY)
@@ -204,13 +252,15 @@ async def _crashed(model: pipeline.LoadedModel, store: FileStore
     return acts, req, beats
 
 
-def _assert_reference(store: FileStore, out: c.GenerateOutput, model: pipeline.LoadedModel,
-                      req: c.VideoRequest) -> None:
+def _assert_reference(
+    store: FileStore, out: c.GenerateOutput, model: pipeline.LoadedModel, req: c.VideoRequest
+) -> None:
     assert (media.frames_from_bytes(store.get(out.frames_key)) == _reference(model, req)).all()
 
 
 async def test_a_crash_resumes_from_the_last_heartbeated_checkpoint(
-        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     store = FileStore(tmp_path)
     acts, req, beats = await _crashed(model, store)
     # What the server held when the worker died: some heartbeat with a checkpoint. Checkpoints
@@ -228,7 +278,8 @@ async def test_a_crash_resumes_from_the_last_heartbeated_checkpoint(
 
 @pytest.mark.slow
 async def test_a_checkpoint_newer_than_the_last_heartbeat_is_used(
-        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     store = FileStore(tmp_path)
     acts, req, beats = await _crashed(model, store)
     stale = next(b for b in beats if b.get("step"))  # an early heartbeat: older checkpoint
@@ -241,7 +292,8 @@ async def test_a_checkpoint_newer_than_the_last_heartbeat_is_used(
 
 @pytest.mark.slow
 async def test_no_usable_checkpoint_starts_over_and_says_so(
-        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     store = FileStore(tmp_path)
     acts, req, beats = await _crashed(model, store)
     held = next(b for b in reversed(beats) if b.get("step"))
@@ -252,11 +304,16 @@ async def test_no_usable_checkpoint_starts_over_and_says_so(
 
 
 async def test_poisoned_state_is_never_checkpointed_and_restarts_the_worker(
-        model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = FileStore(tmp_path)
     restarts: list[bool] = []
-    acts = DiffusionActivities(model, store, policy=CheckpointPolicy(mode="steps", every_steps=1),
-                               on_poisoned=lambda: restarts.append(True))
+    acts = DiffusionActivities(
+        model,
+        store,
+        policy=CheckpointPolicy(mode="steps", every_steps=1),
+        on_poisoned=lambda: restarts.append(True),
+    )
     req = _request(num_inference_steps=12)
     transformer = model.pipe.transformer
     real_forward = transformer.forward
@@ -287,8 +344,9 @@ async def test_poisoned_state_is_never_checkpointed_and_restarts_the_worker(
     _assert_reference(store, out, model, req)
 
 
-async def test_repeated_poisoning_fails_the_job(model: pipeline.LoadedModel, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_repeated_poisoning_fails_the_job(
+    model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     acts = DiffusionActivities(model, FileStore(tmp_path), on_poisoned=lambda: None)
     transformer = model.pipe.transformer
     real_forward = transformer.forward
@@ -306,8 +364,9 @@ async def test_repeated_poisoning_fails_the_job(model: pipeline.LoadedModel, tmp
     assert "3 attempts" in info.value.message
 
 
-async def test_store_outage_loses_checkpoints_not_the_job(model: pipeline.LoadedModel,
-                                                          tmp_path: Path) -> None:
+async def test_store_outage_loses_checkpoints_not_the_job(
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     class Flaky(FileStore):
         def put(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
             if key.startswith("checkpoints/"):
@@ -315,8 +374,13 @@ async def test_store_outage_loses_checkpoints_not_the_job(model: pipeline.Loaded
             super().put(key, data, if_absent=if_absent)
 
     store = Flaky(tmp_path)
-    acts = DiffusionActivities(model, store, policy=CheckpointPolicy(mode="steps", every_steps=2),
-                               checkpoint_retries=2, checkpoint_backoff_s=0.0)
+    acts = DiffusionActivities(
+        model,
+        store,
+        policy=CheckpointPolicy(mode="steps", every_steps=2),
+        checkpoint_retries=2,
+        checkpoint_backoff_s=0.0,
+    )
     before = metrics.CHECKPOINT_FAILURES._value.get()
     req = _request(num_inference_steps=6)
     out = await _env().run(acts.generate_video, c.GenerateInput(req))
@@ -326,7 +390,8 @@ async def test_store_outage_loses_checkpoints_not_the_job(model: pipeline.Loaded
 
 
 async def test_shutdown_past_the_grace_period_still_hands_over(
-        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     """When the SDK cancels the activity because the worker's graceful period ran out, the
     state is still checkpointed and the attempt fails as a hand-over, not as a user cancel."""
     store = FileStore(tmp_path)
@@ -347,7 +412,8 @@ async def test_shutdown_past_the_grace_period_still_hands_over(
 
 
 async def test_an_unreadable_store_at_resume_retries_instead_of_starting_over(
-        model: pipeline.LoadedModel, tmp_path: Path) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     class Down(FileStore):
         def get(self, key: str) -> bytes:
             raise StorageError("connection refused")

@@ -20,23 +20,56 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_checkpoint_overhead_benchmark_runs() -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "checkpoint_overhead.py"), "--size", "64x64",
-         "--frames", "9", "--steps", "4", "--every", "2", "--repeats", "1"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "checkpoint_overhead.py"),
+            "--size",
+            "64x64",
+            "--frames",
+            "9",
+            "--steps",
+            "4",
+            "--every",
+            "2",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     assert "ms/step" in out.stdout
-    for mode in ("never", "every 2 steps, background", "every step, background",
-                 "every step, synchronous"):
+    for mode in (
+        "never",
+        "every 2 steps, background",
+        "every step, background",
+        "every step, synchronous",
+    ):
         assert mode in out.stdout
 
 
 def test_harness_help_lists_every_benchmark() -> None:
-    out = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
-    for name in ("--quick", "--only", "--out", "pickup", "admission", "overhead", "checkpoint",
-                 "recovery", "cancel"):
+    for name in (
+        "--quick",
+        "--only",
+        "--out",
+        "pickup",
+        "admission",
+        "overhead",
+        "checkpoint",
+        "recovery",
+        "cancel",
+    ):
         assert name in out.stdout
 
 
@@ -47,12 +80,24 @@ def test_harness_refuses_an_unknown_benchmark(capsys: pytest.CaptureFixture[str]
 
 
 def test_results_are_written_as_json_and_a_markdown_table_per_benchmark(tmp_path: Path) -> None:
-    meta = {"date": "2026-01-02 03:04 UTC", "cpu": "Test CPU", "cores": 2, "torch_threads": 2,
-            "load_average_at_start": [0.1, 0.2, 0.3], "python": "3.12", "torch": "2.x",
-            "temporalio": "1.x", "temporal_cli": "1.x", "os": "Linux", "git_commit": "abc",
-            "argv": "--quick", "total_seconds": 12.5}
-    pickup = Benchmark("pickup", "Pickup latency", "How | it was measured.",
-                       config={"stack": "embedded"})
+    meta = {
+        "date": "2026-01-02 03:04 UTC",
+        "cpu": "Test CPU",
+        "cores": 2,
+        "torch_threads": 2,
+        "load_average_at_start": [0.1, 0.2, 0.3],
+        "python": "3.12",
+        "torch": "2.x",
+        "temporalio": "1.x",
+        "temporal_cli": "1.x",
+        "os": "Linux",
+        "git_commit": "abc",
+        "argv": "--quick",
+        "total_seconds": 12.5,
+    }
+    pickup = Benchmark(
+        "pickup", "Pickup latency", "How | it was measured.", config={"stack": "embedded"}
+    )
     pickup.add_distribution("POST → started", [0.05, 0.06, 0.07, 0.2], config="idle worker")
     failed = Benchmark("recovery", "Recovery", "Kill it.", error="RuntimeError: boom")
     js, md = write(tmp_path, meta, [pickup, failed])
@@ -60,8 +105,11 @@ def test_results_are_written_as_json_and_a_markdown_table_per_benchmark(tmp_path
     data = json.loads(js.read_text())
     assert data["meta"]["cpu"] == "Test CPU"
     [b, f] = data["benchmarks"]
-    assert [x["name"] for x in b["figures"]] == ["POST → started p50", "POST → started p95",
-                                                  "POST → started p99"]
+    assert [x["name"] for x in b["figures"]] == [
+        "POST → started p50",
+        "POST → started p95",
+        "POST → started p99",
+    ]
     assert b["figures"][0]["runs"] == 4 and b["figures"][0]["unit"] == "ms"
     assert abs(b["figures"][0]["value"] - 65.0) < 1e-9
     assert f["error"] == "RuntimeError: boom" and f["figures"] == []

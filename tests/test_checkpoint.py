@@ -32,9 +32,16 @@ def model() -> pipeline.LoadedModel:
 
 
 def _params(**kw: object) -> pipeline.GenerationParams:
-    p = pipeline.GenerationParams(prompt="a red kite", negative_prompt="blurry", seed=11,
-                                  width=64, height=64, num_frames=9, num_inference_steps=8,
-                                  guidance_scale=5.0)
+    p = pipeline.GenerationParams(
+        prompt="a red kite",
+        negative_prompt="blurry",
+        seed=11,
+        width=64,
+        height=64,
+        num_frames=9,
+        num_inference_steps=8,
+        guidance_scale=5.0,
+    )
     return dataclasses.replace(p, **kw)  # type: ignore[arg-type]
 
 
@@ -46,8 +53,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return S3Store(server.create_bucket(), "vg", client=server.client())
 
 
-def _run_to(model: pipeline.LoadedModel, params: pipeline.GenerationParams,
-            step: int) -> pipeline.DenoiseState:
+def _run_to(
+    model: pipeline.LoadedModel, params: pipeline.GenerationParams, step: int
+) -> pipeline.DenoiseState:
     state = pipeline.prepare(model, params)
     while state.next_step < step:
         pipeline.denoise_step(model, state)
@@ -66,34 +74,48 @@ def _finish(model: pipeline.LoadedModel, state: pipeline.DenoiseState) -> torch.
 
 
 @pytest.mark.parametrize("guidance", [5.0, 1.0])
-def test_resume_at_every_step_equals_an_uninterrupted_run(model: pipeline.LoadedModel,
-                                                          guidance: float) -> None:
+def test_resume_at_every_step_equals_an_uninterrupted_run(
+    model: pipeline.LoadedModel, guidance: float
+) -> None:
     params = _params(guidance_scale=guidance)
     reference = torch.from_numpy(pipeline.generate(model, params))
     for k in range(params.num_inference_steps + 1):
         data = _file(model, _run_to(model, params, k))
         ckpt = checkpoint.decode(data, hashlib.sha256(data).hexdigest())
         assert ckpt.next_step == k
-        checkpoint.check_compatible(ckpt, model, params, job_id=JOB,
-                                    num_threads=torch.get_num_threads())
+        checkpoint.check_compatible(
+            ckpt, model, params, job_id=JOB, num_threads=torch.get_num_threads()
+        )
         resumed = checkpoint.restore(model, ckpt, params)
         assert torch.equal(_finish(model, resumed), reference), f"resume at step {k} differs"
 
 
-def test_restored_tensors_live_in_aligned_memory_of_their_own(
-        model: pipeline.LoadedModel) -> None:
+def test_restored_tensors_live_in_aligned_memory_of_their_own(model: pipeline.LoadedModel) -> None:
     """safetensors hands out views into bytes objects at process-dependent offsets; the state a
     resume computes from has torch's own 64-byte aligned memory, like an uninterrupted run's."""
     params = _params()
-    state = checkpoint.restore(model, checkpoint.decode(_file(model, _run_to(model, params, 3))),
-                               params)
-    tensors = {"latents": state.latents, "prompt_embeds": state.prompt_embeds,
-               "negative_prompt_embeds": state.negative_prompt_embeds}
-    tensors.update({f"scheduler.{k}": v for k, v in vars(state.scheduler).items()
-                    if isinstance(v, torch.Tensor)})
-    tensors.update({f"scheduler.model_outputs[{i}]": v
-                    for i, v in enumerate(state.scheduler.model_outputs)
-                    if isinstance(v, torch.Tensor)})
+    state = checkpoint.restore(
+        model, checkpoint.decode(_file(model, _run_to(model, params, 3))), params
+    )
+    tensors = {
+        "latents": state.latents,
+        "prompt_embeds": state.prompt_embeds,
+        "negative_prompt_embeds": state.negative_prompt_embeds,
+    }
+    tensors.update(
+        {
+            f"scheduler.{k}": v
+            for k, v in vars(state.scheduler).items()
+            if isinstance(v, torch.Tensor)
+        }
+    )
+    tensors.update(
+        {
+            f"scheduler.model_outputs[{i}]": v
+            for i, v in enumerate(state.scheduler.model_outputs)
+            if isinstance(v, torch.Tensor)
+        }
+    )
     assert len(tensors) > 4
     for name, t in tensors.items():
         assert t is not None and t.data_ptr() % 64 == 0, f"{name} at {t.data_ptr() % 64} mod 64"
@@ -148,11 +170,9 @@ def test_incompatible_checkpoints_are_refused(model: pipeline.LoadedModel) -> No
     ckpt = checkpoint.decode(_file(model, _run_to(model, params, 2)))
     threads = torch.get_num_threads()
     with pytest.raises(CheckpointIncompatible, match="job"):
-        checkpoint.check_compatible(ckpt, model, params, job_id="video_other",
-                                    num_threads=threads)
+        checkpoint.check_compatible(ckpt, model, params, job_id="video_other", num_threads=threads)
     with pytest.raises(CheckpointIncompatible, match="parameters"):
-        checkpoint.check_compatible(ckpt, model, _params(seed=12), job_id=JOB,
-                                    num_threads=threads)
+        checkpoint.check_compatible(ckpt, model, _params(seed=12), job_id=JOB, num_threads=threads)
     with pytest.raises(CheckpointIncompatible, match="threads"):
         checkpoint.check_compatible(ckpt, model, params, job_id=JOB, num_threads=threads + 1)
     # Written where torch's CPU kernels are the AVX-512 ones: the rest would compute other bits.
@@ -163,10 +183,8 @@ def test_incompatible_checkpoints_are_refused(model: pipeline.LoadedModel) -> No
     other = dataclasses.replace(model, weights_hash="0" * 64)
     with pytest.raises(CheckpointIncompatible, match="weights"):
         checkpoint.check_compatible(ckpt, other, params, job_id=JOB, num_threads=threads)
-    newer = checkpoint.Checkpoint({**ckpt.manifest, "versions": {"torch": "0.0.1"}},
-                                  ckpt.tensors)
-    warnings = checkpoint.check_compatible(newer, model, params, job_id=JOB,
-                                           num_threads=threads)
+    newer = checkpoint.Checkpoint({**ckpt.manifest, "versions": {"torch": "0.0.1"}}, ckpt.tensors)
+    warnings = checkpoint.check_compatible(newer, model, params, job_id=JOB, num_threads=threads)
     assert warnings and "torch" in warnings[0]
 
 
@@ -203,7 +221,8 @@ def test_policy() -> None:
 
 
 def test_writer_keeps_the_newest_two_and_resume_falls_back(
-        model: pipeline.LoadedModel, store: ObjectStore) -> None:
+    model: pipeline.LoadedModel, store: ObjectStore
+) -> None:
     params = _params()
     reference = torch.from_numpy(pipeline.generate(model, params))
     writer = CheckpointWriter(store, model, job_id=JOB, attempt=1)
@@ -220,14 +239,23 @@ def test_writer_keeps_the_newest_two_and_resume_falls_back(
     assert writer.previous == refs[1]
     # The oldest is deleted once two newer ones are confirmed.
     assert store.list(c.checkpoints_prefix(JOB)) == [refs[1].key, refs[2].key]
-    assert refs[2].uri.endswith(refs[2].key) and refs[2].sha256 == hashlib.sha256(
-        store.get(refs[2].key)).hexdigest()
+    assert (
+        refs[2].uri.endswith(refs[2].key)
+        and refs[2].sha256 == hashlib.sha256(store.get(refs[2].key)).hexdigest()
+    )
 
-    def resume(newest: checkpoint.CheckpointRef | None,
-               previous: checkpoint.CheckpointRef | None) -> checkpoint.ResumePoint | None:
+    def resume(
+        newest: checkpoint.CheckpointRef | None, previous: checkpoint.CheckpointRef | None
+    ) -> checkpoint.ResumePoint | None:
         found, _ = checkpoint.find_resume_point(
-            store, model, params, job_id=JOB, num_threads=torch.get_num_threads(),
-            newest=newest, previous=previous)
+            store,
+            model,
+            params,
+            job_id=JOB,
+            num_threads=torch.get_num_threads(),
+            newest=newest,
+            previous=previous,
+        )
         return found
 
     found = resume(refs[2], refs[1])
@@ -250,8 +278,14 @@ def test_writer_keeps_the_newest_two_and_resume_falls_back(
     # Nothing usable: start over, with the reasons.
     store.delete_prefix(c.checkpoints_prefix(JOB))
     found, skipped = checkpoint.find_resume_point(
-        store, model, params, job_id=JOB, num_threads=torch.get_num_threads(),
-        newest=refs[2], previous=refs[1])
+        store,
+        model,
+        params,
+        job_id=JOB,
+        num_threads=torch.get_num_threads(),
+        newest=refs[2],
+        previous=refs[1],
+    )
     assert found is None and len(skipped) == 2 and all("missing" in s for s in skipped)
 
 
@@ -268,12 +302,14 @@ class _DownStore(FileStore):
         super().put(key, data, if_absent=if_absent)
 
 
-def test_writer_retries_with_backoff_then_goes_on_without(model: pipeline.LoadedModel,
-                                                          tmp_path: Path) -> None:
+def test_writer_retries_with_backoff_then_goes_on_without(
+    model: pipeline.LoadedModel, tmp_path: Path
+) -> None:
     store = _DownStore(tmp_path)
     sleeps: list[float] = []
-    writer = CheckpointWriter(store, model, job_id=JOB, attempt=1, retries=3, backoff_s=0.5,
-                              sleep=sleeps.append)
+    writer = CheckpointWriter(
+        store, model, job_id=JOB, attempt=1, retries=3, backoff_s=0.5, sleep=sleeps.append
+    )
     state = _run_to(model, _params(), 2)
     before = metrics.CHECKPOINT_FAILURES._value.get()
     assert writer.write(checkpoint.snapshot(state, job_id=JOB, attempt=1, device="cpu")) is None
@@ -288,7 +324,8 @@ def test_writer_retries_with_backoff_then_goes_on_without(model: pipeline.Loaded
 
 
 def test_a_failed_background_upload_is_counted_once_however_often_drained(
-        model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model: pipeline.LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writer = CheckpointWriter(FileStore(tmp_path), model, job_id=JOB, attempt=1)
 
     def broken(*_: object) -> bytes:  # fails before the write's own retries

@@ -17,16 +17,38 @@ from videogen.stack import Stack
 
 
 def _videogen(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"VIDEOGEN_API_URL": stack.api_url, "VIDEOGEN_API_KEY": DEV_API_KEY,
-           "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "videogen.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+    env = {
+        "VIDEOGEN_API_URL": stack.api_url,
+        "VIDEOGEN_API_KEY": DEV_API_KEY,
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "videogen.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_submit_wait_download_status(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "v.mp4"
-    res = _videogen(stack, "submit", "a tiny boat", "--size", "64x64", "--seconds", "1",
-                    "--steps", "2", "--seed", "9", "--wait", "-o", str(out))
+    res = _videogen(
+        stack,
+        "submit",
+        "a tiny boat",
+        "--size",
+        "64x64",
+        "--seconds",
+        "1",
+        "--steps",
+        "2",
+        "--seed",
+        "9",
+        "--wait",
+        "-o",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     video_id = res.stdout.splitlines()[0]
     assert probe_mp4(out.read_bytes()).frames == 9
@@ -40,8 +62,9 @@ def test_submit_wait_download_status(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_watch_follows_a_job_to_its_end(stack: Stack) -> None:
-    submitted = _videogen(stack, "submit", "a kite", "--size", "64x64", "--seconds", "1",
-                          "--steps", "20")
+    submitted = _videogen(
+        stack, "submit", "a kite", "--size", "64x64", "--seconds", "1", "--steps", "20"
+    )
     video_id = submitted.stdout.strip()
     watched = _videogen(stack, "watch", video_id)
     assert watched.returncode == 0, watched.stderr
@@ -55,9 +78,20 @@ def test_client_errors_are_one_clear_line(stack: Stack, tmp_path: Path) -> None:
     assert not (tmp_path / "x.mp4").exists()
     bad = _videogen(stack, "submit", "x", "--size", "1x1")
     assert bad.returncode == 1 and "size" in bad.stderr and "Traceback" not in bad.stderr
-    down = subprocess.run([sys.executable, "-m", "videogen.cli", "status", "video_x",
-                           "--api-url", f"http://127.0.0.1:{free_port()}"],
-                          capture_output=True, text=True, timeout=60)
+    down = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "videogen.cli",
+            "status",
+            "video_x",
+            "--api-url",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert down.returncode == 1 and "cannot reach the API" in down.stderr
 
 
@@ -68,16 +102,33 @@ def test_dev_server_keeps_workflows_across_a_restart(tmp_path: Path) -> None:
     cli = [temporal_binary(), "workflow"]
     try:
         server.start()
-        subprocess.run([*cli, "start", "--address", server.address, "--type", "Anything",
-                        "--task-queue", "nobody", "--workflow-id", "survivor"],
-                       check=True, capture_output=True, timeout=30)
+        subprocess.run(
+            [
+                *cli,
+                "start",
+                "--address",
+                server.address,
+                "--type",
+                "Anything",
+                "--task-queue",
+                "nobody",
+                "--workflow-id",
+                "survivor",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
     finally:
         server.stop()
     try:
         server.start()
-        desc = subprocess.run([*cli, "describe", "--address", server.address,
-                               "--workflow-id", "survivor"], capture_output=True, text=True,
-                              timeout=30)
+        desc = subprocess.run(
+            [*cli, "describe", "--address", server.address, "--workflow-id", "survivor"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         server.stop()
     assert desc.returncode == 0, desc.stderr  # not found would be an error
@@ -85,8 +136,9 @@ def test_dev_server_keeps_workflows_across_a_restart(tmp_path: Path) -> None:
 
 
 @pytest.mark.stack  # its own dev server
-def test_an_older_database_gets_the_new_search_attributes(tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_older_database_gets_the_new_search_attributes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A .data/temporal.db made by an older version lacks newer search attributes (the
     server's --search-attribute flag only applies to a new database): start adds them."""
     from videogen import devserver
@@ -102,9 +154,22 @@ def test_an_older_database_gets_the_new_search_attributes(tmp_path: Path,
     monkeypatch.setattr(devserver, "SEARCH_ATTRIBUTES", c.SEARCH_ATTRIBUTES)
     try:
         server.start()
-        listed = subprocess.run([temporal_binary(), "operator", "search-attribute", "list",
-                                 "--address", server.address, "-o", "json"],
-                                capture_output=True, text=True, timeout=30, check=True)
+        listed = subprocess.run(
+            [
+                temporal_binary(),
+                "operator",
+                "search-attribute",
+                "list",
+                "--address",
+                server.address,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
     finally:
         server.stop()
     assert set(c.SEARCH_ATTRIBUTES) <= set(json.loads(listed.stdout)["customAttributes"])

@@ -68,12 +68,15 @@ def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
     key = base64.b64decode(secret.split("_", 1)[1])
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(hmac.compare_digest(sig.split(",", 1)[1], expected)
-               for sig in headers["webhook-signature"].split())
+    return any(
+        hmac.compare_digest(sig.split(",", 1)[1], expected)
+        for sig in headers["webhook-signature"].split()
+    )
 
 
-def test_completed_webhook_is_signed_and_retried_after_a_500(api: httpx.Client,
-                                                             receiver: Receiver) -> None:
+def test_completed_webhook_is_signed_and_retried_after_a_500(
+    api: httpx.Client, receiver: Receiver
+) -> None:
     secret = api.get("/v1/webhook_secret").json()["secret"]
     assert secret.startswith("whsec_")
     v = submit(api, webhook_url=receiver.url, seed=31)
@@ -96,14 +99,17 @@ def test_completed_webhook_is_signed_and_retried_after_a_500(api: httpx.Client,
     # A tampered body does not verify: the check above can fail.
     assert not verify(secret, h2, b2.replace(b"completed", b"cancelled"))
     # Another user's secret differs.
-    assert secret != api.get("/v1/webhook_secret",
-                             headers={"Authorization": "Bearer other-key"}).json()["secret"]
+    assert (
+        secret
+        != api.get("/v1/webhook_secret", headers={"Authorization": "Bearer other-key"}).json()[
+            "secret"
+        ]
+    )
 
 
 def test_cancelled_job_fires_its_webhook(api: httpx.Client, receiver: Receiver) -> None:
     receiver.failures = 0
-    v = submit(api, webhook_url=receiver.url, size="256x256", seconds=4,
-               num_inference_steps=500)
+    v = submit(api, webhook_url=receiver.url, size="256x256", seconds=4, num_inference_steps=500)
     wait_for(api, v["id"], ("in_progress",))
     assert api.post(f"/v1/videos/{v['id']}/cancel").status_code == 200
     assert wait_for(api, v["id"])["status"] == "cancelled"
@@ -116,24 +122,35 @@ def test_cancelled_job_fires_its_webhook(api: httpx.Client, receiver: Receiver) 
 def test_progress_webhooks_when_asked_for(api: httpx.Client, receiver: Receiver) -> None:
     receiver.failures = 0
     secret = api.get("/v1/webhook_secret").json()["secret"]
-    v = submit(api, webhook_url=receiver.url, num_inference_steps=40, seed=33,
-               webhook_events=["video.progress", "video.completed"])
+    v = submit(
+        api,
+        webhook_url=receiver.url,
+        num_inference_steps=40,
+        seed=33,
+        webhook_events=["video.progress", "video.completed"],
+    )
     assert wait_for(api, v["id"])["status"] == "completed"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(
-            json.loads(b)["type"] == "video.completed" for _, b, _ in receiver.received):
+        json.loads(b)["type"] == "video.completed" for _, b, _ in receiver.received
+    ):
         time.sleep(0.1)
     time.sleep(1)  # progress deliveries are independent: let the last ones land
     events = [(h, json.loads(b)) for h, b, _ in receiver.received]
     assert all(verify(secret, h, b) for h, b, _ in receiver.received)
-    progress = sorted((int(h["webhook-id"].rsplit("-", 1)[1]), e["data"]["progress"])
-                      for h, e in events if e["type"] == "video.progress")
+    progress = sorted(
+        (int(h["webhook-id"].rsplit("-", 1)[1]), e["data"]["progress"])
+        for h, e in events
+        if e["type"] == "video.progress"
+    )
     assert len(progress) >= 3, events
     assert [p for _, p in progress] == sorted(p for _, p in progress)  # never backwards
     assert [e["type"] for _, e in events].count("video.completed") == 1
     assert len({h["webhook-id"] for h, _ in events}) == len(events)
-    bad = api.post("/v1/videos", json={"prompt": "x", "webhook_url": receiver.url,
-                                       "webhook_events": ["video.started"]})
+    bad = api.post(
+        "/v1/videos",
+        json={"prompt": "x", "webhook_url": receiver.url, "webhook_events": ["video.started"]},
+    )
     assert bad.status_code == 400 and "video.progress" in bad.json()["error"]["message"]
 
 
@@ -169,8 +186,9 @@ def test_signed_urls_expire_and_resist_tampering(api: httpx.Client, stack: Stack
         assert odd.status_code == 403
         # A correctly signed link whose time is up (signed here with the stack's default key).
         past = int(time.time()) - 1
-        expired = anonymous.get(stack.api_url + signed_path("videogen-dev-url-key", v["id"],
-                                                            "video", past))
+        expired = anonymous.get(
+            stack.api_url + signed_path("videogen-dev-url-key", v["id"], "video", past)
+        )
         assert expired.status_code == 403 and expired.json()["error"]["code"] == "url_expired"
 
 
@@ -180,8 +198,9 @@ async def client(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Client:
     return await connect(wait_s=10)
 
 
-async def test_assets_are_deleted_when_they_expire(api: httpx.Client, stack: Stack,
-                                                   client: Client) -> None:
+async def test_assets_are_deleted_when_they_expire(
+    api: httpx.Client, stack: Stack, client: Client
+) -> None:
     req = direct_request(stack, retention_s=2.0)
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     v: dict[str, Any] = wait_for(api, req.job_id)

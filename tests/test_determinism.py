@@ -51,8 +51,13 @@ def cpu_load(processes: int = 2) -> Iterator[None]:
 
 
 def probe(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, PROBE, *args], cwd=REPO_ROOT, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, PROBE, *args],
+        cwd=REPO_ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
 
 
 def loaded(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
@@ -94,7 +99,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, byt
 
 
 def test_repeated_encodes_in_one_process_are_identical(
-        clips: tuple[Path, dict[str, bytes]]) -> None:
+    clips: tuple[Path, dict[str, bytes]],
+) -> None:
     directory, mp4s = clips
     for name, expected in mp4s.items():
         frames = media.frames_from_bytes((directory / name).read_bytes())
@@ -103,7 +109,8 @@ def test_repeated_encodes_in_one_process_are_identical(
 
 
 def test_encodes_in_fresh_processes_under_load_are_identical(
-        clips: tuple[Path, dict[str, bytes]]) -> None:
+    clips: tuple[Path, dict[str, bytes]],
+) -> None:
     directory, mp4s = clips
     expected = {name: hashlib.sha256(data).hexdigest() for name, data in mp4s.items()}
     idle = [result(probe("encode", str(directory))) for _ in range(3)]
@@ -115,22 +122,27 @@ def test_encodes_in_fresh_processes_under_load_are_identical(
 
 
 def test_frames_identical_in_fresh_processes_under_load_with_and_without_resume(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Every size from a fresh idle process, which also writes checkpoints midway; then every
     size again, and two resumed from those checkpoints, in another fresh process under load.
     All give this process's frames, bit for bit."""
     resumed = ("64x64", "256x144")
     jobs = [{"size": s, "seed": 21, "steps": STEPS} for s in SIZES]
     ckpt = {s: str(tmp_path / f"{s}.safetensors") for s in resumed}
-    first = [{**j, "checkpoint_at": 2, "checkpoint": ckpt[j["size"]]} if j["size"] in ckpt
-             else j for j in jobs]
+    first = [
+        {**j, "checkpoint_at": 2, "checkpoint": ckpt[j["size"]]} if j["size"] in ckpt else j
+        for j in jobs
+    ]
     second = jobs + [{"size": s, "seed": 21, "steps": STEPS, "resume": ckpt[s]} for s in resumed]
     (tmp_path / "first.json").write_text(json.dumps(first))
     (tmp_path / "second.json").write_text(json.dumps(second))
 
     # Both import torch at once; the second starts its work once the first has finished.
-    first_proc, second_proc = probe("generate", str(tmp_path / "first.json")), probe(
-        "generate", str(tmp_path / "second.json"))
+    first_proc, second_proc = (
+        probe("generate", str(tmp_path / "first.json")),
+        probe("generate", str(tmp_path / "second.json")),
+    )
     idle = go(loaded(first_proc))
     loaded(second_proc)
     with cpu_load():
@@ -147,7 +159,9 @@ def test_frames_sha256_is_the_raw_rgb_bytes() -> None:
     frames = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
     assert media.frames_sha256(frames) == hashlib.sha256(frames.tobytes()).hexdigest()
     # A strided view hashes as its contents, not its memory.
-    assert media.frames_sha256(frames[:, ::2]) == hashlib.sha256(
-        np.ascontiguousarray(frames[:, ::2]).tobytes()).hexdigest()
+    assert (
+        media.frames_sha256(frames[:, ::2])
+        == hashlib.sha256(np.ascontiguousarray(frames[:, ::2]).tobytes()).hexdigest()
+    )
     with pytest.raises(ValueError, match="uint8"):
         media.frames_sha256(frames.astype(np.int16))

@@ -35,8 +35,11 @@ def test_submit_over_http_completes_with_a_decodable_mp4(api: httpx.Client, stac
     assert (info.codec, info.pix_fmt) == ("h264", "yuv420p")
     assert decode_mp4(r.content).shape == (9, 256, 144, 3)
 
-    thumb = Image.open(io.BytesIO(api.get(f"/v1/videos/{v['id']}/content",
-                                          params={"variant": "thumbnail"}).content))
+    thumb = Image.open(
+        io.BytesIO(
+            api.get(f"/v1/videos/{v['id']}/content", params={"variant": "thumbnail"}).content
+        )
+    )
     assert thumb.format == "PNG" and thumb.size == (144, 256)
     sprite = api.get(f"/v1/videos/{v['id']}/content", params={"variant": "spritesheet"})
     assert sprite.headers["content-type"] == "image/jpeg"
@@ -81,9 +84,13 @@ def test_same_seed_gives_byte_identical_mp4(api: httpx.Client) -> None:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_openai_sdk_create_poll_download(stack: Stack) -> None:
     client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=DEV_API_KEY)
-    video = client.videos.create(prompt="a paper boat on a river", model="videogen-tiny",
-                                 seconds="1", size="64x64",
-                                 extra_body={"num_inference_steps": 2, "seed": 5})
+    video = client.videos.create(
+        prompt="a paper boat on a river",
+        model="videogen-tiny",
+        seconds="1",
+        size="64x64",
+        extra_body={"num_inference_steps": 2, "seed": 5},
+    )
     assert video.status == "queued" and video.model == "videogen-tiny"
     assert client.videos.retrieve(video.id).id == video.id
     done = client.videos.poll(video.id, poll_interval_ms=100)
@@ -131,8 +138,12 @@ def test_user_isolation(api: httpx.Client, other_api: httpx.Client) -> None:
     mine = submit(api)
     wait_for(api, mine["id"])
     vid = mine["id"]
-    for method, path in [("GET", f"/v1/videos/{vid}"), ("GET", f"/v1/videos/{vid}/content"),
-                         ("POST", f"/v1/videos/{vid}/cancel"), ("DELETE", f"/v1/videos/{vid}")]:
+    for method, path in [
+        ("GET", f"/v1/videos/{vid}"),
+        ("GET", f"/v1/videos/{vid}/content"),
+        ("POST", f"/v1/videos/{vid}/cancel"),
+        ("DELETE", f"/v1/videos/{vid}"),
+    ]:
         r = other_api.request(method, path)
         assert r.status_code == 404, (method, path, r.text)
         assert r.json()["error"]["code"] == "video_not_found"
@@ -168,8 +179,11 @@ def test_delete_removes_job_and_assets(api: httpx.Client, stack: Stack) -> None:
     v = submit(api)
     wait_for(api, v["id"])
     r = api.delete(f"/v1/videos/{v['id']}")
-    assert r.status_code == 200 and r.json() == {"id": v["id"], "object": "video.deleted",
-                                                 "deleted": True}
+    assert r.status_code == 200 and r.json() == {
+        "id": v["id"],
+        "object": "video.deleted",
+        "deleted": True,
+    }
     assert not (stack.data_dir / "objects" / "videos" / v["id"]).exists()
     deadline = time.monotonic() + 10
     while api.get(f"/v1/videos/{v['id']}").status_code != 404:
@@ -200,8 +214,7 @@ def test_delete_removes_job_and_assets(api: httpx.Client, stack: Stack) -> None:
         ({"prompt": "x", "webhook_url": "http://[::1"}, "webhook_url"),
     ],
 )
-def test_invalid_input_is_a_400_naming_the_field(api: httpx.Client, body: dict,
-                                                 param: str) -> None:
+def test_invalid_input_is_a_400_naming_the_field(api: httpx.Client, body: dict, param: str) -> None:
     r = api.post("/v1/videos", json=body)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
@@ -215,8 +228,9 @@ def test_size_error_lists_allowed_values(api: httpx.Client) -> None:
 
 
 def test_malformed_requests_are_4xx_never_500(api: httpx.Client, stack: Stack) -> None:
-    bad_json = api.post("/v1/videos", content=b"{not json",
-                        headers={"Content-Type": "application/json"})
+    bad_json = api.post(
+        "/v1/videos", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
     not_object = api.post("/v1/videos", json=["a"])
     assert not_object.status_code == 400
@@ -234,13 +248,24 @@ def test_malformed_requests_are_4xx_never_500(api: httpx.Client, stack: Stack) -
 
 
 def test_multipart_form_is_accepted(api: httpx.Client) -> None:
-    r = api.post("/v1/videos", data={"prompt": "form prompt", "seconds": "1", "size": "64x64",
-                                     "num_inference_steps": "2", "metadata": '{"a": "b"}'})
+    r = api.post(
+        "/v1/videos",
+        data={
+            "prompt": "form prompt",
+            "seconds": "1",
+            "size": "64x64",
+            "num_inference_steps": "2",
+            "metadata": '{"a": "b"}',
+        },
+    )
     assert r.status_code == 200, r.text
     v = r.json()
     assert v["metadata"] == {"a": "b"} and v["seconds"] == "1"
-    upload = api.post("/v1/videos", data={"prompt": "x"},
-                      files={"input_reference": ("a.png", b"\x89PNG", "image/png")})
+    upload = api.post(
+        "/v1/videos",
+        data={"prompt": "x"},
+        files={"input_reference": ("a.png", b"\x89PNG", "image/png")},
+    )
     assert upload.status_code == 400 and upload.json()["error"]["param"] == "input_reference"
     wait_for(api, v["id"])
 

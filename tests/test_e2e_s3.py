@@ -34,24 +34,32 @@ from videogen.stack import Stack, gpu_worker_pid
 
 
 @pytest.fixture(scope="module")
-def s3_stack(tmp_path_factory: pytest.TempPathFactory,
-             moto_s3: s3server.S3Server) -> Iterator[Stack]:
+def s3_stack(
+    tmp_path_factory: pytest.TempPathFactory, moto_s3: s3server.S3Server
+) -> Iterator[Stack]:
     s3 = moto_s3
     bucket = s3.create_bucket()
     data = tmp_path_factory.mktemp("s3stack")
     env = {k: v for k, v in s3.subprocess_env().items()}
     env.update(preemption_env("s3"))
     env["VIDEOGEN_STORAGE_URL"] = f"s3://{bucket}/videogen"
-    stack = Stack(data_dir=data, api_port=free_port(), temporal_port=free_port(), ui_port=None,
-                  log_dir=data / "logs", env=env)
+    stack = Stack(
+        data_dir=data,
+        api_port=free_port(),
+        temporal_port=free_port(),
+        ui_port=None,
+        log_dir=data / "logs",
+        env=env,
+    )
     stack.start(timeout_s=180)
     stack.bucket = bucket  # type: ignore[attr-defined]
     yield stack
     stack.stop()
 
 
-def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3server.S3Server,
-                                                  api: httpx.Client) -> None:
+def test_job_on_s3_completes_and_streams_from_s3(
+    s3_stack: Stack, moto_s3: s3server.S3Server, api: httpx.Client
+) -> None:
     with api_client(s3_stack) as s3_api:
         v = submit(s3_api, seed=77)
         assert wait_for(s3_api, v["id"])["status"] == "completed"
@@ -62,8 +70,12 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3ser
         assert "Signature=" in link["url"] and link["expires_at"] > time.time()
         assert httpx.get(link["url"], timeout=30).content == video
 
-        keys = [o["Key"] for o in moto_s3.client().list_objects_v2(
-            Bucket=s3_stack.bucket, Prefix="videogen/").get("Contents", [])]  # type: ignore[attr-defined]
+        keys = [
+            o["Key"]
+            for o in moto_s3.client()
+            .list_objects_v2(Bucket=s3_stack.bucket, Prefix="videogen/")
+            .get("Contents", [])
+        ]  # type: ignore[attr-defined]
         assert f"videogen/videos/{v['id']}/video.mp4" in keys
         assert not [k for k in keys if k.startswith(f"videogen/frames/{v['id']}/")]
         assert not (s3_stack.data_dir / "objects").exists(), "file:// used instead of s3://"
@@ -77,13 +89,18 @@ def test_job_on_s3_completes_and_streams_from_s3(s3_stack: Stack, moto_s3: s3ser
 
         # Delete removes the objects from the bucket.
         assert s3_api.delete(f"/v1/videos/{v['id']}").status_code == 200
-        keys = [o["Key"] for o in moto_s3.client().list_objects_v2(
-            Bucket=s3_stack.bucket, Prefix=f"videogen/videos/{v['id']}/").get("Contents", [])]  # type: ignore[attr-defined]
+        keys = [
+            o["Key"]
+            for o in moto_s3.client()
+            .list_objects_v2(Bucket=s3_stack.bucket, Prefix=f"videogen/videos/{v['id']}/")
+            .get("Contents", [])
+        ]  # type: ignore[attr-defined]
         assert keys == []
 
 
 async def test_preempted_job_resumes_from_checkpoints_in_s3(
-        s3_stack: Stack, moto_s3: s3server.S3Server) -> None:
+    s3_stack: Stack, moto_s3: s3server.S3Server
+) -> None:
     """SIGTERM, then SIGKILL, of the only GPU worker (restarted each time): the job resumes
     from checkpoints kept in S3 and gives the uninterrupted run's bytes."""
     client = await Client.connect(f"127.0.0.1:{s3_stack.temporal_port}")
@@ -97,8 +114,10 @@ async def test_preempted_job_resumes_from_checkpoints_in_s3(
             assert pid is not None
             os.kill(pid, sig)
             prefix = f"videogen/{c.checkpoints_prefix(job)}"
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-                    .get("Contents", [])]
+            keys = [
+                o["Key"]
+                for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+            ]
             assert keys, "checkpoints are written to the bucket"
             worker_child(s3_stack, pid).process.wait(30)  # SIGTERM: after the hand-over
             s3_stack.wait_gpu_workers(1)  # restarts the worker, as a supervisor would
@@ -107,5 +126,6 @@ async def test_preempted_job_resumes_from_checkpoints_in_s3(
         assert v["resumed_from_step"] >= 30 - EVERY_STEPS - 1
         assert_reference_video(s3_api, job, {**JOB, "seed": 105})
         for prefix in (c.checkpoints_prefix(job), c.frames_prefix(job)):
-            assert s3.list_objects_v2(Bucket=bucket, Prefix=f"videogen/{prefix}").get(
-                "KeyCount") == 0
+            assert (
+                s3.list_objects_v2(Bucket=bucket, Prefix=f"videogen/{prefix}").get("KeyCount") == 0
+            )

@@ -22,18 +22,27 @@ def test_every_domain_error_has_a_status() -> None:
         assert 400 <= errors.service_status(kind("m", code="c")) < 600, kind
 
 
-@pytest.mark.parametrize(("kind", "status"), [
-    (errors.InvalidRequestError, 400), (errors.NotFoundError, 404), (errors.ConflictError, 409),
-    (errors.RateLimitedError, 429), (errors.UnavailableError, 503)])
-def test_a_domain_error_becomes_its_openai_style_response(kind: type[errors.ServiceError],
-                                                          status: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        (errors.InvalidRequestError, 400),
+        (errors.NotFoundError, 404),
+        (errors.ConflictError, 409),
+        (errors.RateLimitedError, 429),
+        (errors.UnavailableError, 503),
+    ],
+)
+def test_a_domain_error_becomes_its_openai_style_response(
+    kind: type[errors.ServiceError], status: int
+) -> None:
     app = FastAPI()
     errors.install(app)
 
     @app.get("/x")
     async def raise_it() -> None:
-        raise kind("what went wrong and how to fix it", code="some_code", param="field",
-                   retry_after_s=7)
+        raise kind(
+            "what went wrong and how to fix it", code="some_code", param="field", retry_after_s=7
+        )
 
     r = TestClient(app).get("/x")
     assert r.status_code == status

@@ -18,13 +18,18 @@ from videogen.stack import Stack
 from videogen.temporal import connect
 
 
-def read_events(api: httpx.Client, video_id: str, last_event_id: str | None = None,
-                stop_after: int | None = None) -> list[tuple[str, str, Any]]:
+def read_events(
+    api: httpx.Client,
+    video_id: str,
+    last_event_id: str | None = None,
+    stop_after: int | None = None,
+) -> list[tuple[str, str, Any]]:
     """(id, event, data) of a raw SSE stream; comments come back as ("", ":", text)."""
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     out: list[tuple[str, str, Any]] = []
-    with api.stream("GET", f"/v1/videos/{video_id}/events", headers=headers,
-                    timeout=httpx.Timeout(30, read=60)) as resp:
+    with api.stream(
+        "GET", f"/v1/videos/{video_id}/events", headers=headers, timeout=httpx.Timeout(30, read=60)
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         fields: dict[str, str] = {}
@@ -76,15 +81,17 @@ async def client(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Client:
 
 
 async def test_quiet_stream_keeps_alive_and_ends_when_the_job_is_terminated(
-        stack: Stack, api: httpx.Client, client: Client) -> None:
+    stack: Stack, api: httpx.Client, client: Client
+) -> None:
     req = direct_request(stack, gpu_task_queue="nobody-serves-this")  # stays queued
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     started = time.monotonic()
     events = read_events(api, req.job_id, stop_after=1)
     assert events[-1][1] == "progress" and events[-1][2]["status"] == "queued"
     quiet = []
-    with api.stream("GET", f"/v1/videos/{req.job_id}/events",
-                    headers={"Last-Event-ID": events[-1][0]}) as resp:
+    with api.stream(
+        "GET", f"/v1/videos/{req.job_id}/events", headers={"Last-Event-ID": events[-1][0]}
+    ) as resp:
         for line in resp.iter_lines():
             if line.startswith(":"):
                 quiet.append(line)
@@ -99,8 +106,7 @@ async def test_quiet_stream_keeps_alive_and_ends_when_the_job_is_terminated(
     assert v["status"] == "failed" and v["error"]["code"] == "terminated"
 
 
-def test_events_of_someone_elses_job_are_404(api: httpx.Client,
-                                             other_api: httpx.Client) -> None:
+def test_events_of_someone_elses_job_are_404(api: httpx.Client, other_api: httpx.Client) -> None:
     v = submit(api)
     r = other_api.get(f"/v1/videos/{v['id']}/events")
     assert r.status_code == 404 and r.json()["error"]["code"] == "video_not_found"

@@ -39,6 +39,7 @@ from videogen.temporal import connect
 
 PROMPT = f"an observable heron {uuid.uuid4().hex[:6]}"
 
+
 def worker_url(stack: Stack, name: str) -> str:
     port = stack.child(name).metrics_port
     assert port, f"{name} has no metrics port"
@@ -73,45 +74,63 @@ def observed_job(stack: Stack) -> Iterator[tuple[dict[str, Any], dict[str, Sampl
 
 
 def test_metrics_of_the_api_and_each_worker_count_the_job(
-        stack: Stack, observed_job: tuple[dict[str, Any], dict[str, Samples]]) -> None:
+    stack: Stack, observed_job: tuple[dict[str, Any], dict[str, Samples]]
+) -> None:
     job, before = observed_job
     api = scrape(f"{stack.api_url}/metrics")
-    assert value(api, "videogen_jobs_submitted_total", tier="internal") - \
-        value(before["api"], "videogen_jobs_submitted_total", tier="internal") == 1
+    assert (
+        value(api, "videogen_jobs_submitted_total", tier="internal")
+        - value(before["api"], "videogen_jobs_submitted_total", tier="internal")
+        == 1
+    )
     assert value(api, "videogen_api_requests_total", route="/v1/videos", method="POST") >= 1
     # The fleet gauges, and the Temporal SDK's own metrics through the same endpoint.
-    assert {"videogen_queue_depth", "videogen_running_jobs", "videogen_workers_polling",
-            "videogen_estimated_drain_time_seconds"} <= names(api)
+    assert {
+        "videogen_queue_depth",
+        "videogen_running_jobs",
+        "videogen_workers_polling",
+        "videogen_estimated_drain_time_seconds",
+    } <= names(api)
     assert value(api, "temporal_request_total", operation="StartWorkflowExecution") >= 1
 
     gpu = scrape(worker_url(stack, "gpu-worker-0"))
     gen = [(lab, v) for (n, lab), v in gpu.items() if n == "videogen_generation_seconds_sum"]
     assert gen and all(v > 0 for _, v in gen)
-    wait = value(gpu, "videogen_queue_wait_seconds_count", tier="internal") - \
-        value(before["gpu"], "videogen_queue_wait_seconds_count", tier="internal")
+    wait = value(gpu, "videogen_queue_wait_seconds_count", tier="internal") - value(
+        before["gpu"], "videogen_queue_wait_seconds_count", tier="internal"
+    )
     assert wait == 1
     assert value(gpu, "videogen_queue_wait_seconds_sum", tier="internal") >= 0
     assert value(gpu, "videogen_model_load_seconds_count") == 1
     assert value(gpu, "videogen_model_load_seconds_sum") > 0
     util = [v for (n, _), v in gpu.items() if n == "videogen_gpu_utilization"]
     assert len(util) == 1 and 0 < util[0] <= 1  # it just ran a job (share of the last 60 s)
-    assert {"videogen_checkpoint_duration_seconds_count", "videogen_preemptions_total",
-            "videogen_lease_expirations_total", "videogen_wasted_gpu_seconds_total",
-            "videogen_preemption_recovery_seconds_count"} <= names(gpu)
-    assert value(gpu, "temporal_activity_execution_latency_seconds_count",
-                 activity_type="generate_video") >= 1
+    assert {
+        "videogen_checkpoint_duration_seconds_count",
+        "videogen_preemptions_total",
+        "videogen_lease_expirations_total",
+        "videogen_wasted_gpu_seconds_total",
+        "videogen_preemption_recovery_seconds_count",
+    } <= names(gpu)
+    assert (
+        value(
+            gpu, "temporal_activity_execution_latency_seconds_count", activity_type="generate_video"
+        )
+        >= 1
+    )
 
     cpu = scrape(worker_url(stack, "cpu-worker"))
-    done = value(cpu, "videogen_jobs_total", outcome="completed", tier="internal") - \
-        value(before["cpu"], "videogen_jobs_total", outcome="completed", tier="internal")
+    done = value(cpu, "videogen_jobs_total", outcome="completed", tier="internal") - value(
+        before["cpu"], "videogen_jobs_total", outcome="completed", tier="internal"
+    )
     assert done == 1
-    assert value(cpu, "temporal_workflow_completed_total",
-                 workflow_type="VideoGeneration") >= 1
+    assert value(cpu, "temporal_workflow_completed_total", workflow_type="VideoGeneration") >= 1
     assert job["id"]
 
 
 def test_every_log_line_of_the_job_carries_its_workflow_id(
-        stack: Stack, observed_job: tuple[dict[str, Any], dict[str, Samples]]) -> None:
+    stack: Stack, observed_job: tuple[dict[str, Any], dict[str, Samples]]
+) -> None:
     job, _ = observed_job
     job_id = job["id"]
     time.sleep(0.5)  # the workers' last lines of the job
@@ -134,25 +153,42 @@ def test_every_log_line_of_the_job_carries_its_workflow_id(
     assert {"job started", "video encoded", "job completed"} <= set(cpu), cpu
     # The model too, on every line of the job's own work (the SDK's lines aside).
     for proc in ("gpu-worker-0", "cpu-worker"):
-        assert all(rec.get("model") == job["model"] for rec in log_records(stack, proc)
-                   if rec.get("workflow_id") == job_id and "logger" not in rec), proc
+        assert all(
+            rec.get("model") == job["model"]
+            for rec in log_records(stack, proc)
+            if rec.get("workflow_id") == job_id and "logger" not in rec
+        ), proc
 
 
 def test_one_trace_from_the_http_request_through_every_activity(
-        stack: Stack, observed_job: tuple[dict[str, Any], dict[str, Samples]]) -> None:
+    stack: Stack, observed_job: tuple[dict[str, Any], dict[str, Samples]]
+) -> None:
     job, _ = observed_job
     job_id = job["id"]
     deadline = time.monotonic() + 10
     while True:
-        spans = [rec for proc in ("api", "cpu-worker", "gpu-worker-0")
-                 for rec in log_records(stack, proc) if "trace_id" in rec.get("context", {})]
-        start = [s for s in spans if s["name"] == "StartWorkflow:VideoGeneration"
-                 and s["attributes"].get("temporalWorkflowID") == job_id]
+        spans = [
+            rec
+            for proc in ("api", "cpu-worker", "gpu-worker-0")
+            for rec in log_records(stack, proc)
+            if "trace_id" in rec.get("context", {})
+        ]
+        start = [
+            s
+            for s in spans
+            if s["name"] == "StartWorkflow:VideoGeneration"
+            and s["attributes"].get("temporalWorkflowID") == job_id
+        ]
         trace = start[0]["context"]["trace_id"] if start else None
         ours = {s["name"] for s in spans if s["context"]["trace_id"] == trace}
-        wanted = {"POST /v1/videos", "StartWorkflow:VideoGeneration",
-                  "RunWorkflow:VideoGeneration", "StartActivity:generate_video",
-                  "RunActivity:generate_video", "RunActivity:encode_video"}
+        wanted = {
+            "POST /v1/videos",
+            "StartWorkflow:VideoGeneration",
+            "RunWorkflow:VideoGeneration",
+            "StartActivity:generate_video",
+            "RunActivity:generate_video",
+            "RunActivity:encode_video",
+        }
         if trace and wanted <= ours:
             break
         assert time.monotonic() < deadline, f"spans of {job_id}'s trace: {sorted(ours)}"
@@ -163,14 +199,18 @@ def test_one_trace_from_the_http_request_through_every_activity(
 
 
 @pytest.fixture
-def pool_app(stack: Stack,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TestClient, Settings]]:
+def pool_app(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TestClient, Settings]]:
     """An API replica whose `vip` tier has a dedicated GPU pool that no worker serves."""
     tiers = {"paid": TierPolicy(priority=2), "vip": TierPolicy(priority=1, dedicated_pool=True)}
     settings = Settings(
         task_queue_prefix=stack.env["VIDEOGEN_TASK_QUEUE_PREFIX"],
-        api_keys="vip-key:vipuser:vip", tiers=tiers, admin_key="fleet-admin",
-        data_dir=stack.data_dir, fleet_cache_s=0,
+        api_keys="vip-key:vipuser:vip",
+        tiers=tiers,
+        admin_key="fleet-admin",
+        data_dir=stack.data_dir,
+        fleet_cache_s=0,
     )
     monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
     with TestClient(create_app(settings)) as client:
@@ -178,7 +218,8 @@ def pool_app(stack: Stack,
 
 
 async def test_admin_fleet_reports_the_backlog_of_a_queue_without_workers(
-        stack: Stack, pool_app: tuple[TestClient, Settings]) -> None:
+    stack: Stack, pool_app: tuple[TestClient, Settings]
+) -> None:
     client, settings = pool_app
     temporal: Client = await connect(wait_s=10)
     queue = settings.gpu_task_queue(settings.model_spec.name, "vip")
@@ -207,8 +248,9 @@ async def test_admin_fleet_reports_the_backlog_of_a_queue_without_workers(
 
         metrics = parse_metrics(client.get("/metrics").text)
         assert value(metrics, "videogen_queue_depth", queue=queue, tier="vip") == 2
-        assert math.isinf(value(metrics, "videogen_estimated_drain_time_seconds",
-                                queue=queue, tier="vip"))
+        assert math.isinf(
+            value(metrics, "videogen_estimated_drain_time_seconds", queue=queue, tier="vip")
+        )
         assert value(metrics, "videogen_workers_polling", queue=queue) == 0
     finally:
         for job_id in ids:
@@ -227,14 +269,18 @@ def test_admin_endpoints_need_the_admin_key(pool_app: tuple[TestClient, Settings
 
 
 def test_session_stack_admin_key(stack: Stack) -> None:
-    r = httpx.get(f"{stack.api_url}/v1/admin/fleet",
-                  headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+    r = httpx.get(
+        f"{stack.api_url}/v1/admin/fleet",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10,
+    )
     assert r.status_code == 200
     assert any(q["workers_polling"] >= 1 for q in r.json()["queues"])
 
 
 def test_fleet_gauges_are_dropped_while_temporal_cannot_be_read(
-        pool_app: tuple[TestClient, Settings]) -> None:
+    pool_app: tuple[TestClient, Settings],
+) -> None:
     client, _ = pool_app
     assert "videogen_workers_polling" in names(parse_metrics(client.get("/metrics").text))
 
@@ -247,5 +293,8 @@ def test_fleet_gauges_are_dropped_while_temporal_cannot_be_read(
     assert r.status_code == 200  # the scrape still answers, with the process's own metrics
     left = names(parse_metrics(r.text))
     assert "videogen_api_requests_total" in left
-    assert not left & {"videogen_queue_depth", "videogen_workers_polling",
-                       "videogen_estimated_drain_time_seconds"}
+    assert not left & {
+        "videogen_queue_depth",
+        "videogen_workers_polling",
+        "videogen_estimated_drain_time_seconds",
+    }

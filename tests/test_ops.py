@@ -29,7 +29,6 @@ DASHBOARD = DEPLOY / "grafana" / "videogen.json"
 K8S = DEPLOY / "k8s"
 
 
-
 def known_metrics() -> set[str]:
     """Every videogen_* metric the processes export, read from the code itself: the
     Prometheus registry once the modules that define metrics are imported, plus the counter
@@ -72,8 +71,7 @@ def promtool() -> str:
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+    proc = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, f"promtool {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -121,8 +119,11 @@ def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def gpu_deployment() -> dict[str, Any]:
-    found = [d for d in k8s_objects("Deployment")
-             if any(c.get("command", [])[-2:] == ["worker", "gpu"] for c in containers(d))]
+    found = [
+        d
+        for d in k8s_objects("Deployment")
+        if any(c.get("command", [])[-2:] == ["worker", "gpu"] for c in containers(d))
+    ]
     assert len(found) == 1, "exactly one Deployment runs `videogen worker gpu`"
     return found[0]
 
@@ -147,19 +148,25 @@ def gpu_scaled_object() -> dict[str, Any]:
 
 def prometheus_promql(tmp_path: Path, exprs: list[str]) -> None:
     """Syntax-check PromQL by wrapping it into recording rules for `promtool check rules`."""
-    rules = {"groups": [{"name": "check", "rules": [
-        {"record": f"check:expr{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "check",
+                "rules": [{"record": f"check:expr{i}", "expr": e} for i, e in enumerate(exprs)],
+            }
+        ]
+    }
     path = tmp_path / "exprs.yml"
     path.write_text(yaml.safe_dump(rules))
     run_promtool("check", "rules", str(path))
 
 
 def grafana_to_promql(expr: str) -> str:
-    return (expr.replace("$__rate_interval", "5m").replace("$__range", "6h")
-            .replace("$tier", ".*"))
+    return expr.replace("$__rate_interval", "5m").replace("$__range", "6h").replace("$tier", ".*")
 
 
 # --- Prometheus ---------------------------------------------------------------------------
+
 
 def test_alert_rules_pass_promtool_check() -> None:
     out = run_promtool("check", "rules", str(ALERTS.relative_to(ROOT)))
@@ -191,6 +198,7 @@ def test_alerts_cover_the_design_alert_table() -> None:
 
 # --- Grafana ------------------------------------------------------------------------------
 
+
 def test_dashboard_is_valid_and_complete(tmp_path: Path) -> None:
     dash = dashboard()
     assert dash["schemaVersion"] >= 36
@@ -209,13 +217,17 @@ def test_dashboard_is_valid_and_complete(tmp_path: Path) -> None:
     for reading in ("healthy", "cold start", "checkpoint frequency", "scaling lag"):
         assert reading in desc
     text = " ".join(cost[0]["targets"][i]["expr"] for i in range(len(cost[0]["targets"])))
-    for metric in ("videogen_gpu_utilization", "videogen_wasted_gpu_seconds_total",
-                   "videogen_queue_depth"):
+    for metric in (
+        "videogen_gpu_utilization",
+        "videogen_wasted_gpu_seconds_total",
+        "videogen_queue_depth",
+    ):
         assert metric in text
     prometheus_promql(tmp_path, [grafana_to_promql(e) for e in dashboard_exprs()])
 
 
 # --- Kubernetes ---------------------------------------------------------------------------
+
 
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -228,7 +240,10 @@ def test_kustomization_lists_every_manifest() -> None:
 def test_every_container_has_probes() -> None:
     deployments = k8s_objects("Deployment")
     assert {tuple(c["command"]) for d in deployments for c in containers(d)} == {
-        ("videogen", "api"), ("videogen", "worker", "cpu"), ("videogen", "worker", "gpu")}
+        ("videogen", "api"),
+        ("videogen", "worker", "cpu"),
+        ("videogen", "worker", "gpu"),
+    }
     for d in deployments:
         for c in containers(d):
             assert "readinessProbe" in c and "livenessProbe" in c, d["metadata"]["name"]
@@ -259,8 +274,9 @@ def test_every_videogen_variable_is_a_setting() -> None:
 
 
 @pytest.fixture
-def gpu_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any],
-                                                          dict[str, str]]:
+def gpu_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """The GPU worker Deployment, its container and its env; Settings() sees only that env
     (none of this machine's VIDEOGEN_* variables)."""
     for name in list(os.environ):
@@ -272,14 +288,17 @@ def gpu_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[st
 
 
 def test_gpu_worker_grace_period_covers_the_emergency_checkpoint(
-        gpu_worker: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
+    gpu_worker: tuple[dict[str, Any], dict[str, Any], dict[str, str]],
+) -> None:
     gpu, container, env = gpu_worker
     graceful = float(env.get("VIDEOGEN_GRACEFUL_SHUTDOWN_S", Settings().graceful_shutdown_s))
     grace = gpu["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > graceful
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["startupProbe"]["periodSeconds"] * \
-        container["startupProbe"]["failureThreshold"] >= 300, "model loading takes minutes"
+    assert (
+        container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"]
+        >= 300
+    ), "model loading takes minutes"
     # The metrics server (probes, scraping) must not bind loopback.
     assert env["VIDEOGEN_WORKER_METRICS_HOST"] == "0.0.0.0"
     assert env["VIDEOGEN_WORKER_METRICS_PORT"] == "9100"
@@ -288,13 +307,15 @@ def test_gpu_worker_grace_period_covers_the_emergency_checkpoint(
 
 
 def test_keda_scales_the_gpu_worker_on_its_task_queue(
-        tmp_path: Path,
-        gpu_worker: tuple[dict[str, Any], dict[str, Any], dict[str, str]]) -> None:
+    tmp_path: Path, gpu_worker: tuple[dict[str, Any], dict[str, Any], dict[str, str]]
+) -> None:
     gpu, _, env = gpu_worker
-    settings = Settings(model=env.get("VIDEOGEN_MODEL", ""),
-                        model_name=env.get("VIDEOGEN_MODEL_NAME", ""),
-                        task_queue_prefix=env.get("VIDEOGEN_TASK_QUEUE_PREFIX", "videogen"),
-                        worker_pool=env.get("VIDEOGEN_WORKER_POOL", ""))
+    settings = Settings(
+        model=env.get("VIDEOGEN_MODEL", ""),
+        model_name=env.get("VIDEOGEN_MODEL_NAME", ""),
+        task_queue_prefix=env.get("VIDEOGEN_TASK_QUEUE_PREFIX", "videogen"),
+        worker_pool=env.get("VIDEOGEN_WORKER_POOL", ""),
+    )
     queue = settings.gpu_task_queue(settings.model_spec.name, settings.worker_pool)
 
     so = gpu_scaled_object()
@@ -327,8 +348,11 @@ def test_every_referenced_metric_exists() -> None:
         texts.append(rule["expr"])
         texts.extend(rule["annotations"].values())
     texts.extend(dashboard_exprs())
-    texts.extend(t["metadata"]["query"] for t in gpu_scaled_object()["spec"]["triggers"]
-                 if t["type"] == "prometheus")
+    texts.extend(
+        t["metadata"]["query"]
+        for t in gpu_scaled_object()["spec"]["triggers"]
+        if t["type"] == "prometheus"
+    )
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for t in texts for m in METRIC_RE.findall(t)}
     assert used, "no videogen_* metric found"
     known = known_metrics()

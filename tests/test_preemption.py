@@ -41,9 +41,16 @@ from videogen.storage import FileStore
 @pytest.fixture(scope="module")
 def pstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("preempt")
-    s = Stack(data_dir=data, api_port=free_port(), temporal_port=free_port(), ui_port=None,
-              gpu_workers=2, log_dir=data / "logs", env=preemption_env("pre"),
-              worker_metrics=True)
+    s = Stack(
+        data_dir=data,
+        api_port=free_port(),
+        temporal_port=free_port(),
+        ui_port=None,
+        gpu_workers=2,
+        log_dir=data / "logs",
+        env=preemption_env("pre"),
+        worker_metrics=True,
+    )
     s.start(timeout_s=180)
     yield s
     s.stop()
@@ -64,8 +71,9 @@ def store_of(stack: Stack) -> FileStore:
     return FileStore(stack.data_dir / "objects")
 
 
-async def running_at(api: httpx.Client, client: Client, seed: int,
-                     step: int) -> tuple[str, int, int]:
+async def running_at(
+    api: httpx.Client, client: Client, seed: int, step: int
+) -> tuple[str, int, int]:
     """Start a job and wait until it has denoised `step` steps: (job id, worker pid, step)."""
     job = start(api, seed)
     reached = wait_step(api, job, step)["step"]
@@ -91,11 +99,13 @@ def assert_nothing_left(stack: Stack, job_id: str, timeout_s: float = 15) -> Non
         time.sleep(0.2)
     assert left == []
     assert sorted(store.list(c.outputs_prefix(job_id))) == sorted(
-        c.outputs_prefix(job_id) + name for name, _ in c.VARIANTS.values())
+        c.outputs_prefix(job_id) + name for name, _ in c.VARIANTS.values()
+    )
 
 
 async def test_sigterm_hands_over_at_once_and_loses_no_step(
-        pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
+    pstack: Stack, papi: httpx.Client, tclient: Client
+) -> None:
     job, pid, _ = await running_at(papi, tclient, 101, 12)
     child = worker_child(pstack, pid)
     killed_at = time.monotonic()
@@ -120,19 +130,24 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
     m = gpu_metrics(pstack)
     assert value(m, "videogen_preemptions_total", kind="graceful") >= 1
     assert value(m, "videogen_preemption_recovery_seconds_count") >= 1
-    assert 0 < value(m, "videogen_preemption_recovery_seconds_sum") < 10.0 * value(
-        m, "videogen_preemption_recovery_seconds_count")
+    assert (
+        0
+        < value(m, "videogen_preemption_recovery_seconds_sum")
+        < 10.0 * value(m, "videogen_preemption_recovery_seconds_count")
+    )
     assert_reference_video(papi, job, {**JOB, "seed": 101})
     assert_nothing_left(pstack, job)
     pstack.check()  # the supervisor brings the stopped worker back
 
 
 async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_timeout(
-        pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
+    pstack: Stack, papi: httpx.Client, tclient: Client
+) -> None:
     pstack.wait_gpu_workers(2)  # the standby is up (and serving metrics) before the kill
     job, pid, reached = await running_at(papi, tclient, 102, 20)
-    standby = next(ch for ch in pstack.children if ch.name.startswith("gpu-worker")
-                   and ch.process.pid != pid)
+    standby = next(
+        ch for ch in pstack.children if ch.name.startswith("gpu-worker") and ch.process.pid != pid
+    )
     standby_url = f"http://127.0.0.1:{standby.metrics_port}/metrics"
     expired = value(scrape(standby_url), "videogen_lease_expirations_total")
     killed_at = time.monotonic()
@@ -148,14 +163,16 @@ async def test_sigkill_resumes_from_the_last_checkpoint_after_the_heartbeat_time
     m = scrape(standby_url)
     assert value(m, "videogen_lease_expirations_total") == expired + 1
     assert value(m, "videogen_preemption_recovery_seconds_bucket", le="2.5") < value(
-        m, "videogen_preemption_recovery_seconds_bucket", le="+Inf")
+        m, "videogen_preemption_recovery_seconds_bucket", le="+Inf"
+    )
     assert_reference_video(papi, job, {**JOB, "seed": 102})
     assert_nothing_left(pstack, job)
     pstack.check()
 
 
 async def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
-        pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
+    pstack: Stack, papi: httpx.Client, tclient: Client
+) -> None:
     job, pid, _ = await running_at(papi, tclient, 103, 20)
     os.kill(pid, signal.SIGKILL)
     # The retry waits for the heartbeat timeout: time to damage the newest checkpoint.
@@ -171,7 +188,8 @@ async def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     assert f"step-{v['resumed_from_step']:06d}" in previous
     assert_reference_video(papi, job, {**JOB, "seed": 103})
     log = (pstack.log_dir / "gpu-worker-0.log").read_text() + (
-        pstack.log_dir / "gpu-worker-1.log").read_text()
+        pstack.log_dir / "gpu-worker-1.log"
+    ).read_text()
     # Refused by the heartbeat's sha256 (or, found by listing, by its own checksum).
     assert "checkpoint not usable" in log and ("sha256" in log or "checksum" in log)
     assert_nothing_left(pstack, job)
@@ -179,7 +197,8 @@ async def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
 
 
 async def test_a_stale_attempt_that_wakes_up_never_publishes(
-        pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
+    pstack: Stack, papi: httpx.Client, tclient: Client
+) -> None:
     pstack.wait_gpu_workers(2)
     job, pid, _ = await running_at(papi, tclient, 104, 10)
     os.kill(pid, signal.SIGSTOP)  # hung, as the server sees it
@@ -202,7 +221,8 @@ async def test_a_stale_attempt_that_wakes_up_never_publishes(
 
 
 async def test_chaos_every_job_completes_once_and_identical(
-        pstack: Stack, papi: httpx.Client, tclient: Client) -> None:
+    pstack: Stack, papi: httpx.Client, tclient: Client
+) -> None:
     """Several jobs while the test kills the busy GPU workers at random points with SIGTERM or
     SIGKILL, and restarts them as a supervisor would."""
     pstack.wait_gpu_workers(2)
@@ -219,8 +239,11 @@ async def test_chaos_every_job_completes_once_and_identical(
         states = {job: papi.get(f"/v1/videos/{job}").json() for job in jobs}
         if all(v["status"] in ("completed", "failed", "cancelled") for v in states.values()):
             break
-        victims = [job for job, v in states.items()
-                   if v["phase"] == "denoising" and v["step"] >= rng.randint(3, 40)]
+        victims = [
+            job
+            for job, v in states.items()
+            if v["phase"] == "denoising" and v["step"] >= rng.randint(3, 40)
+        ]
         if budget and victims:
             job = rng.choice(victims)
             pid = await gpu_worker_pid(tclient, job)

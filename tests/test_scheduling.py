@@ -35,8 +35,9 @@ async def client(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Client:
     return await connect(wait_s=10)
 
 
-async def _queue(client: Client, stack: Stack, queue: str,
-                 jobs_: list[tuple[str, str]]) -> list[str]:
+async def _queue(
+    client: Client, stack: Stack, queue: str, jobs_: list[tuple[str, str]]
+) -> list[str]:
     """Start one job per (user, tier) on `queue`, in order; wait until all wait on it."""
     ids = []
     for user, tier in jobs_:
@@ -75,7 +76,8 @@ async def _run_worker_until_done(client: Client, settings: Settings, ids: list[s
 
 
 async def test_a_paid_job_starts_before_earlier_free_jobs(
-        client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = gpu_worker_settings(stack, monkeypatch, "prio")
     queue = settings.gpu_task_queue("videogen-tiny")
     free = await _queue(client, stack, queue, [("alice", "free")] * 4)
@@ -85,7 +87,8 @@ async def test_a_paid_job_starts_before_earlier_free_jobs(
 
 
 async def test_fairness_interleaves_users_within_a_tier(
-        client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = gpu_worker_settings(stack, monkeypatch, "fair")
     queue = settings.gpu_task_queue("videogen-tiny")
     a = await _queue(client, stack, queue, [("alice", "free")] * 6)
@@ -98,23 +101,32 @@ async def test_fairness_interleaves_users_within_a_tier(
 
 
 async def test_a_dedicated_pool_serves_only_its_tier(
-        client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = gpu_worker_settings(stack, monkeypatch, "pool", worker_pool="internal")
     assert settings.gpu_task_queue("videogen-tiny", settings.worker_pool).endswith(
-        "-gpu-videogen-tiny-pool-internal")
-    routed = Settings(tiers={**DEFAULT_TIERS, "internal": DEFAULT_TIERS["internal"].model_copy(
-        update={"dedicated_pool": True})})
+        "-gpu-videogen-tiny-pool-internal"
+    )
+    routed = Settings(
+        tiers={
+            **DEFAULT_TIERS,
+            "internal": DEFAULT_TIERS["internal"].model_copy(update={"dedicated_pool": True}),
+        }
+    )
     assert routed.pool_for("internal") == "internal" and routed.pool_for("paid") == ""
-    internal = await _queue(client, stack, settings.gpu_task_queue("videogen-tiny", "internal"),
-                            [("boss", "internal")])
-    shared = await _queue(client, stack, settings.gpu_task_queue("videogen-tiny"),
-                          [("bob", "paid")])
+    internal = await _queue(
+        client, stack, settings.gpu_task_queue("videogen-tiny", "internal"), [("boss", "internal")]
+    )
+    shared = await _queue(
+        client, stack, settings.gpu_task_queue("videogen-tiny"), [("bob", "paid")]
+    )
     # The pool's worker runs the internal job; the shared queue's job is not its business.
     stop = asyncio.Event()
     worker = asyncio.ensure_future(gpu_main.run(settings, stop))
     try:
         result = await asyncio.wait_for(
-            client.get_workflow_handle(internal[0], result_type=c.JobResult).result(), 120)
+            client.get_workflow_handle(internal[0], result_type=c.JobResult).result(), 120
+        )
         assert result.warm is False  # the job was queued before the worker had its model
         assert result.model_load_seconds > 0
         desc = await client.get_workflow_handle(shared[0]).describe()
@@ -129,11 +141,17 @@ async def test_a_dedicated_pool_serves_only_its_tier(
 def _replica(stack: Stack, monkeypatch: pytest.MonkeyPatch, prefix: str) -> TestClient:
     """An API app of its own (a replica), sharing only the stack's Temporal."""
     monkeypatch.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
-    tiers = {"free": {"priority": 4, "user_per_minute": 3, "user_concurrent": 2},
-             "paid": {"priority": 2}}
-    settings = Settings(data_dir=stack.data_dir, api_keys="lim-key:limited:free",
-                        storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
-                        task_queue_prefix=prefix, tiers=json.loads(json.dumps(tiers)))
+    tiers = {
+        "free": {"priority": 4, "user_per_minute": 3, "user_concurrent": 2},
+        "paid": {"priority": 2},
+    }
+    settings = Settings(
+        data_dir=stack.data_dir,
+        api_keys="lim-key:limited:free",
+        storage_url=stack.child_env()["VIDEOGEN_STORAGE_URL"],
+        task_queue_prefix=prefix,
+        tiers=json.loads(json.dumps(tiers)),
+    )
     return TestClient(create_app(settings), headers={"Authorization": "Bearer lim-key"})
 
 
@@ -147,7 +165,8 @@ async def _visible(client: Client, query: str, count: int) -> None:
 
 
 async def test_limits_hold_across_two_api_replicas(
-        client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     prefix = f"limits-{time.monotonic_ns()}"  # no worker: the jobs stay queued
     body = {"prompt": "a kite", "size": "64x64", "seconds": 1}
     running = f"{c.SA_USER} = 'limited' AND ExecutionStatus = 'Running'"
@@ -179,9 +198,15 @@ async def test_limits_hold_across_two_api_replicas(
 
 
 async def test_one_idempotency_key_makes_one_job_under_concurrent_retries(
-        client: Client, api: httpx.Client) -> None:
-    body = {"prompt": "a kite over the sea", "size": "64x64", "seconds": 1,
-            "num_inference_steps": 3, "seed": 5}
+    client: Client, api: httpx.Client
+) -> None:
+    body = {
+        "prompt": "a kite over the sea",
+        "size": "64x64",
+        "seconds": 1,
+        "num_inference_steps": 3,
+        "seed": 5,
+    }
     key = f"retry-{time.monotonic_ns()}"
 
     def post() -> httpx.Response:
@@ -208,8 +233,8 @@ async def test_one_idempotency_key_makes_one_job_under_concurrent_retries(
 
 
 async def test_queued_jobs_show_position_and_estimated_start(
-        client: Client, stack: Stack, api: httpx.Client,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The estimate averages completed jobs' generation time: make sure there is one.
     assert wait_for(api, submit(api)["id"])["status"] == "completed"
     settings = gpu_worker_settings(stack, monkeypatch, "eta")

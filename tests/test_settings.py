@@ -16,16 +16,20 @@ def test_defaults_work_for_the_embedded_stack(monkeypatch: pytest.MonkeyPatch) -
     s = Settings()
     assert s.keys[DEV_API_KEY].tier == "paid"
     assert s.resolved_storage_url.startswith("file:///") and s.resolved_storage_url.endswith(
-        "/.data/objects")
+        "/.data/objects"
+    )
     assert s.model_spec is catalog.TINY_SPEC
     assert s.gpu_task_queue("videogen-tiny") == "videogen-gpu-videogen-tiny"
 
 
-@pytest.mark.parametrize(("raw", "fragment"), [
-    ("k:u", "key:user:tier"),
-    ("k:u:gold", "allowed tiers: internal, paid, free"),
-    ("k::paid", "key:user:tier"),
-])
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("k:u", "key:user:tier"),
+        ("k:u:gold", "allowed tiers: internal, paid, free"),
+        ("k::paid", "key:user:tier"),
+    ],
+)
 def test_bad_api_keys_say_what_is_wrong(raw: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         Settings(api_keys=raw).keys  # noqa: B018
@@ -34,7 +38,9 @@ def test_bad_api_keys_say_what_is_wrong(raw: str, fragment: str) -> None:
 def test_several_keys_and_users() -> None:
     keys = Settings(api_keys="a:alice:free, b:bob:internal,").keys
     assert {k: (v.user, v.tier) for k, v in keys.items()} == {
-        "a": ("alice", "free"), "b": ("bob", "internal")}
+        "a": ("alice", "free"),
+        "b": ("bob", "internal"),
+    }
 
 
 def test_local_model_dir_gets_wan_limits(tmp_path: Path) -> None:
@@ -52,8 +58,11 @@ def test_tiny_spec_frames_are_4k_plus_1() -> None:
 
 
 def test_tiers_come_from_json_and_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VIDEOGEN_TIERS", '{"gold": {"priority": 1, "user_concurrent": 5, '
-                       '"dedicated_pool": true}, "free": {"priority": 5}}')
+    monkeypatch.setenv(
+        "VIDEOGEN_TIERS",
+        '{"gold": {"priority": 1, "user_concurrent": 5, '
+        '"dedicated_pool": true}, "free": {"priority": 5}}',
+    )
     s = Settings(api_keys="g:ann:gold,f:bo:free")
     assert s.tiers["gold"].user_concurrent == 5 and s.tiers["free"].user_per_minute == 0
     assert s.pool_for("gold") == "gold" and s.pool_for("free") == ""

@@ -28,9 +28,19 @@ OFF = CheckpointPolicy(mode="off")
 def one_job(**kw: object) -> Fleet:
     """One 100-s job (10 steps) at t=0 on a fleet of one spot + one on-demand instance."""
     base: dict[str, object] = dict(
-        days=1.0, arrivals=((0.0, 100.0),), steps_per_job=10, gpus=2, spot_share=0.5,
-        interruptions_per_hour=0.0, heartbeat_timeout_s=30.0, replace_s=60.0,
-        notice_poll_s=0.0, requeue_s=0.0, spot_price=1.0, ondemand_price=3.6)
+        days=1.0,
+        arrivals=((0.0, 100.0),),
+        steps_per_job=10,
+        gpus=2,
+        spot_share=0.5,
+        interruptions_per_hour=0.0,
+        heartbeat_timeout_s=30.0,
+        replace_s=60.0,
+        notice_poll_s=0.0,
+        requeue_s=0.0,
+        spot_price=1.0,
+        ondemand_price=3.6,
+    )
     base.update(kw)
     return Fleet(**base)  # type: ignore[arg-type]
 
@@ -135,8 +145,9 @@ def test_adaptive_measures_first_then_uses_young_daly() -> None:
 class _Recording(CheckpointPolicy):
     """A policy that records what it is asked (frozen and hashable, as the simulator needs)."""
 
-    calls: list[tuple[int, float, float | None]] = field(default_factory=list, hash=False,
-                                                         compare=False)
+    calls: list[tuple[int, float, float | None]] = field(
+        default_factory=list, hash=False, compare=False
+    )
 
     def due(self, *, steps_since: int, seconds_since: float, cost_s: float | None) -> bool:
         self.calls.append((steps_since, seconds_since, cost_s))
@@ -173,8 +184,14 @@ def test_waste_priced_at_the_documents_rate() -> None:
 
 
 def test_reproducible_with_a_seed() -> None:
-    fleet = Fleet(days=0.05, videos_per_day=20_000, gpus=120, interruptions_per_hour=2.0,
-                  notice_share=0.3, ckpt=CheckpointCost(write_s=1.0, blocking_s=0.1))
+    fleet = Fleet(
+        days=0.05,
+        videos_per_day=20_000,
+        gpus=120,
+        interruptions_per_hour=2.0,
+        notice_share=0.3,
+        ckpt=CheckpointCost(write_s=1.0, blocking_s=0.1),
+    )
     a = simulate(fleet, EVERY_30S, seed=7).as_dict()
     b = simulate(fleet, EVERY_30S, seed=7).as_dict()
     c = simulate(fleet, EVERY_30S, seed=8).as_dict()
@@ -183,35 +200,64 @@ def test_reproducible_with_a_seed() -> None:
     assert a["job_preemptions_per_day"] > 0 and a["graceful_per_day"] > 0
 
 
-@pytest.mark.parametrize("policy", [OFF, EVERY_30S, CheckpointPolicy(mode="adaptive"),
-                                    CheckpointPolicy(mode="steps", every_steps=1)])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        OFF,
+        EVERY_30S,
+        CheckpointPolicy(mode="adaptive"),
+        CheckpointPolicy(mode="steps", every_steps=1),
+    ],
+)
 def test_every_gpu_second_is_booked_once(policy: CheckpointPolicy) -> None:
     # A busy random fleet with notices, sync writes and restores: every step the jobs need is
     # kept exactly once, and the bill (one price for all) is the sum of the categories.
-    fleet = Fleet(days=0.05, videos_per_day=20_000, gpus=150, job_mean_s=300.0, job_cv=0.5,
-                  interruptions_per_hour=3.0, notice_share=0.5, notice_s=20.0,
-                  ckpt=CheckpointCost(write_s=2.0, restore_s=1.0), spot_price=1.0,
-                  ondemand_price=1.0, replace_s=60.0)
+    fleet = Fleet(
+        days=0.05,
+        videos_per_day=20_000,
+        gpus=150,
+        job_mean_s=300.0,
+        job_cv=0.5,
+        interruptions_per_hour=3.0,
+        notice_share=0.5,
+        notice_s=20.0,
+        ckpt=CheckpointCost(write_s=2.0, restore_s=1.0),
+        spot_price=1.0,
+        ondemand_price=1.0,
+        replace_s=60.0,
+    )
     r = simulate(fleet, policy, seed=5)
     assert r.job_preemptions_per_day > 50
     assert r.useful_gpu_h_per_day == pytest.approx(r.demand_gpu_h_per_day)
-    booked = (r.useful_gpu_h_per_day + r.lost_gpu_h_per_day + r.restore_gpu_h_per_day
-              + r.checkpoint_gpu_h_per_day + r.handover_gpu_h_per_day
-              + r.cold_start_gpu_h_per_day)
+    booked = (
+        r.useful_gpu_h_per_day
+        + r.lost_gpu_h_per_day
+        + r.restore_gpu_h_per_day
+        + r.checkpoint_gpu_h_per_day
+        + r.handover_gpu_h_per_day
+        + r.cold_start_gpu_h_per_day
+    )
     assert r.cost_per_video * r.videos_per_day == pytest.approx(booked)
 
 
 def test_saturated_spot_fleet_matches_the_arithmetic() -> None:
     # 100 busy spot instances at 10 %/h for a day: 240 preemptions expected (sd 15.5); with
     # 5-min jobs and no checkpoints each loses 2.5 min on average (sd of the mean ~5 s).
-    fleet = Fleet(days=1.0, saturated=True, gpus=100, spot_share=1.0, job_mean_s=300.0,
-                  job_cv=0.0, replace_s=0.0, heartbeat_timeout_s=0.0)
+    fleet = Fleet(
+        days=1.0,
+        saturated=True,
+        gpus=100,
+        spot_share=1.0,
+        job_mean_s=300.0,
+        job_cv=0.0,
+        replace_s=0.0,
+        heartbeat_timeout_s=0.0,
+    )
     r = simulate(fleet, OFF, seed=3)
     assert abs(r.preemptions_per_day - 240) < 4 * 15.5
     assert r.mean_loss_s == pytest.approx(150.0, abs=25.0)
     assert r.max_loss_s <= 300.0
-    assert r.lost_gpu_h_per_day == pytest.approx(r.job_preemptions_per_day * r.mean_loss_s
-                                                  / 3600)
+    assert r.lost_gpu_h_per_day == pytest.approx(r.job_preemptions_per_day * r.mean_loss_s / 3600)
 
 
 def test_documents_own_arithmetic() -> None:
@@ -228,14 +274,19 @@ def test_documents_own_arithmetic() -> None:
 def test_worker_and_simulator_share_the_policy_code() -> None:
     tree = ast.parse((ROOT / "activities" / "checkpoint.py").read_text())
     classes = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
-    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-               for a in n.names}
+    imports = {
+        (n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+    }
     assert "CheckpointPolicy" not in classes
     assert ("videogen.checkpoint_policy", "CheckpointPolicy") in imports
     # ... and the simulator does not pull in torch to use it.
-    out = subprocess.run([sys.executable, "-c", "import sys, sim.model; "
-                          "print('torch' in sys.modules)"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, sim.model; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

@@ -30,8 +30,10 @@ async def test_waits_for_the_notice_and_returns_it(metadata: Metadata) -> None:
 
 async def test_unreachable_endpoint_is_not_a_notice() -> None:
     task = asyncio.ensure_future(
-        spot.wait_for_notice("http://127.0.0.1:9/latest/meta-data/spot/instance-action",
-                             poll_s=0.05, timeout_s=0.2))
+        spot.wait_for_notice(
+            "http://127.0.0.1:9/latest/meta-data/spot/instance-action", poll_s=0.05, timeout_s=0.2
+        )
+    )
     await asyncio.sleep(0.5)
     assert not task.done()
     task.cancel()

@@ -24,7 +24,7 @@ from videogen import visibility as vis
 from videogen.stack import Stack
 from videogen.temporal import connect
 
-TRICKY = ["it's", 'say "hi"', "back\\slash", "end\\", "x' OR VideogenModel != 'y", '\\"\'']
+TRICKY = ["it's", 'say "hi"', "back\\slash", "end\\", "x' OR VideogenModel != 'y", "\\\"'"]
 
 
 def test_literals() -> None:
@@ -36,8 +36,8 @@ def test_literals() -> None:
     with pytest.raises(TypeError):
         vis.literal(True)
     assert vis.jobs(vis.eq(c.SA_USER, "u"), status="Running") == (
-        f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND "
-        f"{c.SA_USER} = 'u'")
+        f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' AND {c.SA_USER} = 'u'"
+    )
     assert vis.one_of(c.SA_TIER, ["a", "b'"]) == f"{c.SA_TIER} IN ('a', 'b\\'')"
 
 
@@ -52,9 +52,14 @@ async def tricky_jobs(stack: Stack) -> AsyncIterator[tuple[Client, str, list[str
     names = [f"{run}{value}" for value in TRICKY] + [f"{run}plain"]
     handles = []
     for name in names:
-        handles.append(await client.start_workflow(
-            c.WORKFLOW_NAME, id=f"vis-{uuid.uuid4().hex}", task_queue=f"vis-{run}",
-            search_attributes=TypedSearchAttributes([SearchAttributePair(c.MODEL_KEY, name)])))
+        handles.append(
+            await client.start_workflow(
+                c.WORKFLOW_NAME,
+                id=f"vis-{uuid.uuid4().hex}",
+                task_queue=f"vis-{run}",
+                search_attributes=TypedSearchAttributes([SearchAttributePair(c.MODEL_KEY, name)]),
+            )
+        )
     try:
         yield client, run, names
     finally:
@@ -73,7 +78,8 @@ async def _count(client: Client, query: str, deadline_s: float = 10) -> int:
 
 
 async def test_a_value_can_neither_break_nor_widen_a_query(
-        tricky_jobs: tuple[Client, str, list[str]]) -> None:
+    tricky_jobs: tuple[Client, str, list[str]],
+) -> None:
     client, run, names = tricky_jobs
     everything = vis.jobs(f"{c.SA_MODEL} STARTS_WITH {vis.literal(run)}")
     assert await _count(client, everything) == len(names)

@@ -17,8 +17,12 @@ from videogen import webhooks
 
 def test_signature_matches_the_standard_webhooks_test_vector() -> None:
     # From the Standard Webhooks reference libraries' tests.
-    sig = webhooks.sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek",
-                        1614265330, b'{"test": 2432232314}')
+    sig = webhooks.sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        b'{"test": 2432232314}',
+    )
     assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
@@ -29,21 +33,24 @@ def test_user_secrets_are_stable_and_distinct() -> None:
     assert a != webhooks.user_secret("other-master", "alice")
 
 
-@pytest.mark.parametrize(("url", "fragment"), [
-    ("http://127.0.0.1/h", "loopback"),
-    ("http://localhost:8080/h", "loopback"),
-    ("http://10.0.0.1/h", "private"),
-    ("http://192.168.0.10/h", "private"),
-    ("http://169.254.169.254/latest/meta-data", "link-local or metadata"),
-    ("http://[::1]/h", "loopback"),
-    ("http://[::ffff:10.0.0.1]/h", "private"),
-    ("http://[fd00::1]/h", "private"),
-    ("http://0.0.0.0/h", "address"),  # 0.0.0.0 is both "private" and "unspecified"
-    ("http://224.0.0.1/h", "multicast"),
-    ("gopher://example/h", "http"),
-    ("http://user:pw@1.1.1.1/h", "credentials"),
-    ("http://[::1", "not a valid URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://127.0.0.1/h", "loopback"),
+        ("http://localhost:8080/h", "loopback"),
+        ("http://10.0.0.1/h", "private"),
+        ("http://192.168.0.10/h", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local or metadata"),
+        ("http://[::1]/h", "loopback"),
+        ("http://[::ffff:10.0.0.1]/h", "private"),
+        ("http://[fd00::1]/h", "private"),
+        ("http://0.0.0.0/h", "address"),  # 0.0.0.0 is both "private" and "unspecified"
+        ("http://224.0.0.1/h", "multicast"),
+        ("gopher://example/h", "http"),
+        ("http://user:pw@1.1.1.1/h", "credentials"),
+        ("http://[::1", "not a valid URL"),
+    ],
+)
 def test_unsafe_urls_are_refused(url: str, fragment: str) -> None:
     with pytest.raises(webhooks.UnsafeWebhookURL, match=fragment):
         webhooks.check_url(url)
@@ -62,6 +69,7 @@ def test_delivery_goes_to_the_vetted_address() -> None:
 def answering() -> Iterator[Callable[[int], str]]:
     """A loopback HTTP server answering every POST with the status its path names
     (`/status/302`), a redirect pointing at a path that would answer 200."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length") or 0))
@@ -83,18 +91,29 @@ def answering() -> Iterator[Callable[[int], str]]:
 
 async def _deliver(url: str) -> int:
     acts = WebhookActivities("key", allowed_hosts=frozenset({"127.0.0.1"}))
-    inp = c.WebhookInput(job_id="video_x", user="u", url=url, event="video.completed",
-                         webhook_id="msg_x", body="{}", cpu_task_queue="q")
+    inp = c.WebhookInput(
+        job_id="video_x",
+        user="u",
+        url=url,
+        event="video.completed",
+        webhook_id="msg_x",
+        body="{}",
+        cpu_task_queue="q",
+    )
     return await ActivityEnvironment().run(acts.deliver_webhook, inp)
 
 
-@pytest.mark.parametrize(("status", "error_type", "final"), [
-    (302, c.ErrorCode.WEBHOOK_REDIRECT, True),  # never followed, even to a 200
-    (410, c.ErrorCode.WEBHOOK_GONE, True),  # the receiver asks us to stop
-    (500, "WebhookRejected", False),  # retried (for up to a day)
-])
-async def test_delivery_outcomes_by_status(answering: Callable[[int], str], status: int,
-                                           error_type: str, final: bool) -> None:
+@pytest.mark.parametrize(
+    ("status", "error_type", "final"),
+    [
+        (302, c.ErrorCode.WEBHOOK_REDIRECT, True),  # never followed, even to a 200
+        (410, c.ErrorCode.WEBHOOK_GONE, True),  # the receiver asks us to stop
+        (500, "WebhookRejected", False),  # retried (for up to a day)
+    ],
+)
+async def test_delivery_outcomes_by_status(
+    answering: Callable[[int], str], status: int, error_type: str, final: bool
+) -> None:
     assert await _deliver(answering(200)) == 200
     with pytest.raises(ApplicationError) as err:
         await _deliver(answering(status))
@@ -102,14 +121,19 @@ async def test_delivery_outcomes_by_status(answering: Callable[[int], str], stat
     assert error_type in c.WEBHOOK_NON_RETRYABLE or not final
 
 
-async def test_each_delivery_attempt_checks_the_url_again(
-        answering: Callable[[int], str]) -> None:
+async def test_each_delivery_attempt_checks_the_url_again(answering: Callable[[int], str]) -> None:
     # Accepted at submission (say the host was public then), refused at delivery time: the
     # delivery ends at once, without a request.
     acts = WebhookActivities("key", allowed_hosts=frozenset())
-    inp = c.WebhookInput(job_id="video_x", user="u", url=answering(200),
-                         event="video.completed", webhook_id="msg_x", body="{}",
-                         cpu_task_queue="q")
+    inp = c.WebhookInput(
+        job_id="video_x",
+        user="u",
+        url=answering(200),
+        event="video.completed",
+        webhook_id="msg_x",
+        body="{}",
+        cpu_task_queue="q",
+    )
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(acts.deliver_webhook, inp)
     assert err.value.type == c.ErrorCode.WEBHOOK_UNSAFE and err.value.non_retryable

@@ -44,8 +44,9 @@ async def client(stack: Stack) -> AsyncIterator[Client]:
         yield await connect(wait_s=10)
 
 
-async def test_invalid_input_fails_once_without_retry(client: Client, stack: Stack,
-                                                      api: httpx.Client) -> None:
+async def test_invalid_input_fails_once_without_retry(
+    client: Client, stack: Stack, api: httpx.Client
+) -> None:
     # The API never lets this through; a client starting workflows directly might. 10 frames is
     # not 4k+1: the GPU activity refuses it as non-retryable input.
     req = direct_request(stack, num_frames=10)
@@ -60,8 +61,9 @@ async def test_invalid_input_fails_once_without_retry(client: Client, stack: Sta
     assert started[0].activity_task_started_event_attributes.attempt == 1
 
 
-async def test_no_gpu_worker_for_model_fails_with_clear_error(client: Client, stack: Stack,
-                                                              api: httpx.Client) -> None:
+async def test_no_gpu_worker_for_model_fails_with_clear_error(
+    client: Client, stack: Stack, api: httpx.Client
+) -> None:
     req = direct_request(stack, gpu_task_queue="nobody-serves-this-queue", gpu_start_timeout_s=1.0)
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     v = wait_for(api, req.job_id, timeout_s=60)
@@ -91,22 +93,30 @@ def test_recorded_histories_exist() -> None:
 
 @pytest.mark.slow  # fresh processes of the CLI
 def test_replay_cli(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "videogen.cli", "replay",
-                          str(HISTORIES / "completed.json")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "videogen.cli", "replay", str(HISTORIES / "completed.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "replay ok" in out.stdout
     broken = tmp_path / "broken.json"
     text = (HISTORIES / "completed.json").read_text()
     # A history whose activity differs from what the code schedules must not replay.
     broken.write_text(text.replace(c.ACTIVITY_ENCODE, "encode_video_v0"))
-    bad = subprocess.run([sys.executable, "-m", "videogen.cli", "replay", str(broken)],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "videogen.cli", "replay", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0
 
 
-async def _finish_on_a_fresh_worker(settings: Settings, api: httpx.Client,
-                                    job_id: str) -> dict[str, object]:
+async def _finish_on_a_fresh_worker(
+    settings: Settings, api: httpx.Client, job_id: str
+) -> dict[str, object]:
     from worker_gpu import main as gpu_main
 
     stop = asyncio.Event()
@@ -120,15 +130,28 @@ async def _finish_on_a_fresh_worker(settings: Settings, api: httpx.Client,
 
 
 async def test_spot_notice_hands_the_job_over_and_stops_the_worker(
-        client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker_gpu import main as gpu_main
 
     imds = Metadata(v2=True)
     try:
-        settings = gpu_worker_settings(stack, monkeypatch, "spot", checkpoint_every_steps=100,
-                                        spot_notice_url=imds.url, spot_notice_poll_s=0.1)
-        req = direct_request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
-                       width=128, height=128, num_inference_steps=100, seed=8)
+        settings = gpu_worker_settings(
+            stack,
+            monkeypatch,
+            "spot",
+            checkpoint_every_steps=100,
+            spot_notice_url=imds.url,
+            spot_notice_poll_s=0.1,
+        )
+        req = direct_request(
+            stack,
+            gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
+            width=128,
+            height=128,
+            num_inference_steps=100,
+            seed=8,
+        )
         await jobs.start(client, req, ApiKey("k", "dev", "paid"))
         worker = asyncio.ensure_future(gpu_main.run(settings))
         v = await asyncio.to_thread(wait_step, api, req.job_id, 5)
@@ -141,13 +164,19 @@ async def test_spot_notice_hands_the_job_over_and_stops_the_worker(
     # No checkpoint was due (every 100 steps): the notice's own checkpoint saved everything.
     assert v["status"] == "completed" and v["attempt"] == 2, v
     assert v["resumed_from_step"] >= 5 and v["wasted_steps"] == 0
-    body = {"size": "128x128", "seconds": 1, "num_inference_steps": 100, "seed": 8,
-            "prompt": "direct start"}
+    body = {
+        "size": "128x128",
+        "seconds": 1,
+        "num_inference_steps": 100,
+        "seed": 8,
+        "prompt": "direct start",
+    }
     assert_reference_video(api, req.job_id, body)
 
 
 async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
-        client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client, stack: Stack, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A GPU worker whose model turns out NaN at step 6 fails the attempt, keeps its last good
     checkpoint, and exits with EXIT_POISONED; a fresh worker resumes the job from step 6."""
     from activities import pipeline
@@ -171,8 +200,12 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
         return model
 
     monkeypatch.setattr(pipeline, "load_pipeline", poisoned_load)
-    req = direct_request(stack, gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
-                   num_inference_steps=10, seed=7)
+    req = direct_request(
+        stack,
+        gpu_task_queue=settings.gpu_task_queue("videogen-tiny"),
+        num_inference_steps=10,
+        seed=7,
+    )
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     assert await asyncio.wait_for(gpu_main.run(settings), timeout=120) == gpu_main.EXIT_POISONED
     v = api.get(f"/v1/videos/{req.job_id}").json()
@@ -182,6 +215,11 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
     v = await _finish_on_a_fresh_worker(settings, api, req.job_id)
     assert v["status"] == "completed" and v["attempt"] == 2, v
     assert v["resumed_from_step"] == 6
-    body = {"size": "64x64", "seconds": 1, "num_inference_steps": 10, "seed": 7,
-            "prompt": "direct start"}
+    body = {
+        "size": "64x64",
+        "seconds": 1,
+        "num_inference_steps": 10,
+        "seed": 7,
+        "prompt": "direct start",
+    }
     assert_reference_video(api, req.job_id, body)

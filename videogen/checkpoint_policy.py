@@ -29,8 +29,9 @@ class CheckpointPolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in POLICIES:
-            raise ValueError(f"checkpoint policy {self.mode!r}: must be one of "
-                             f"{', '.join(POLICIES)}")
+            raise ValueError(
+                f"checkpoint policy {self.mode!r}: must be one of {', '.join(POLICIES)}"
+            )
 
     def interval_s(self, cost_s: float | None) -> float | None:
         """The adaptive interval for a measured cost, or None before the first measurement."""

@@ -36,6 +36,7 @@ class CliError(Exception):
 
 # --- HTTP client commands -------------------------------------------------------------------
 
+
 def _client(args: argparse.Namespace) -> httpx.Client:
     return httpx.Client(
         base_url=args.api_url,
@@ -54,8 +55,10 @@ def _call(http: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Respon
 
 
 def _unreachable(http: httpx.Client, err: Exception) -> CliError:
-    return CliError(f"cannot reach the API at {http.base_url}: {err}. Is it running "
-                    "(`videogen up`)? Set VIDEOGEN_API_URL for another address.")
+    return CliError(
+        f"cannot reach the API at {http.base_url}: {err}. Is it running "
+        "(`videogen up`)? Set VIDEOGEN_API_URL for another address."
+    )
 
 
 def _raise_for_error(resp: httpx.Response) -> None:
@@ -85,8 +88,12 @@ def iter_events(http: httpx.Client, video_id: str) -> Iterator[tuple[str, dict[s
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
-            with http.stream("GET", f"/v1/videos/{video_id}/events", headers=headers,
-                             timeout=httpx.Timeout(30, read=None)) as resp:
+            with http.stream(
+                "GET",
+                f"/v1/videos/{video_id}/events",
+                headers=headers,
+                timeout=httpx.Timeout(30, read=None),
+            ) as resp:
                 _raise_for_error(resp)
                 event, data = "message", list[str]()
                 for line in resp.iter_lines():
@@ -117,8 +124,12 @@ def wait_with_progress(http: httpx.Client, video_id: str, quiet: bool = False) -
     attempt, and where a resumed attempt continued from)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
     v: dict[str, Any] = {}
     with Progress(*columns, transient=False, disable=quiet) as bar:
         task = bar.add_task("queued", total=100)
@@ -189,8 +200,9 @@ def _download(http: httpx.Client, video_id: str, variant: str, out: Path) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     try:
-        with http.stream("GET", f"/v1/videos/{video_id}/content",
-                         params={"variant": variant}) as resp:
+        with http.stream(
+            "GET", f"/v1/videos/{video_id}/content", params={"variant": variant}
+        ) as resp:
             _raise_for_error(resp)
             with open(tmp, "wb") as f:
                 for chunk in resp.iter_bytes():
@@ -211,6 +223,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 # --- process commands -----------------------------------------------------------------------
 
+
 def _settings() -> Settings:
     # Imported lazily: client commands start fast and need no settings.
     from videogen.settings import Settings
@@ -228,8 +241,13 @@ def cmd_api(args: argparse.Namespace) -> int:
     tracing.setup("videogen-api")
     settings = _settings()
     # log_config=None: uvicorn's loggers go through videogen's structured logging.
-    uvicorn.run(create_app(settings), host=args.host or settings.api_host,
-                port=args.port or settings.api_port, log_level="warning", log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level="warning",
+        log_config=None,
+    )
     return 0
 
 
@@ -260,8 +278,12 @@ def cmd_temporal(args: argparse.Namespace) -> int:
     from videogen.devserver import DevServer
 
     data_dir = Path(args.data_dir)
-    server = DevServer(db_file=data_dir / "temporal.db", port=args.temporal_port,
-                       ui_port=args.ui_port, log_file=data_dir / "temporal.log").start()
+    server = DevServer(
+        db_file=data_dir / "temporal.db",
+        port=args.temporal_port,
+        ui_port=args.ui_port,
+        log_file=data_dir / "temporal.log",
+    ).start()
     print(f"Temporal at {server.address}, Web UI at {server.ui_url}; Ctrl-C stops it")
     try:
         assert server.process is not None
@@ -276,9 +298,14 @@ def cmd_temporal(args: argparse.Namespace) -> int:
 def _stack(args: argparse.Namespace, log_dir: Path | None) -> Stack:
     from videogen.stack import Stack
 
-    return Stack(data_dir=Path(args.data_dir), api_port=args.api_port,
-                 temporal_port=args.temporal_port, ui_port=args.ui_port,
-                 gpu_workers=args.gpu_workers, log_dir=log_dir)
+    return Stack(
+        data_dir=Path(args.data_dir),
+        api_port=args.api_port,
+        temporal_port=args.temporal_port,
+        ui_port=args.ui_port,
+        gpu_workers=args.gpu_workers,
+        log_dir=log_dir,
+    )
 
 
 def _stop_on_signals() -> None:
@@ -296,10 +323,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     _stop_on_signals()
     stack = _stack(args, None)
     stack.start()
-    print(f"\nvideogen is up:\n  API        {stack.api_url}  (key: {DEV_API_KEY})\n"
-          f"  Temporal   127.0.0.1:{args.temporal_port}\n"
-          f"  Web UI     http://127.0.0.1:{args.ui_port}\n  data       {stack.data_dir}\n"
-          "Ctrl-C stops everything.", file=sys.stderr)
+    print(
+        f"\nvideogen is up:\n  API        {stack.api_url}  (key: {DEV_API_KEY})\n"
+        f"  Temporal   127.0.0.1:{args.temporal_port}\n"
+        f"  Web UI     http://127.0.0.1:{args.ui_port}\n  data       {stack.data_dir}\n"
+        "Ctrl-C stops everything.",
+        file=sys.stderr,
+    )
     try:
         while True:
             stack.check()
@@ -320,23 +350,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"starting the embedded stack (logs in {data_dir / 'logs'}) ...")
     stack.start()
     try:
-        http = httpx.Client(base_url=stack.api_url, timeout=30,
-                            headers={"Authorization": f"Bearer {DEV_API_KEY}"})
+        http = httpx.Client(
+            base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {DEV_API_KEY}"}
+        )
         body: dict[str, Any] = {"prompt": args.prompt}
         if args.seed is not None:
             body["seed"] = args.seed
         v = _call(http, "POST", "/v1/videos", json=body).json()
-        print(f"submitted {v['id']}: {v['size']}, {v['seconds']} s, "
-              f"{v['total_steps']} steps, seed {v['seed']}")
-        print(f"watch it in the Temporal Web UI: http://127.0.0.1:{args.ui_port}"
-              f"/namespaces/default/workflows/{v['id']}")
+        print(
+            f"submitted {v['id']}: {v['size']}, {v['seconds']} s, "
+            f"{v['total_steps']} steps, seed {v['seed']}"
+        )
+        print(
+            f"watch it in the Temporal Web UI: http://127.0.0.1:{args.ui_port}"
+            f"/namespaces/default/workflows/{v['id']}"
+        )
         v = wait_with_progress(http, v["id"])
         if v["status"] != "completed":
             raise CliError(f"the job ended {v['status']}: {v.get('error')}")
         out = _download(http, v["id"], "video", Path(args.output_dir) / f"{v['id']}.mp4")
         info = probe_mp4(out.read_bytes())
-        print(f"wrote {out.resolve()}: {info.frames} frames, {info.width}x{info.height}, "
-              f"{info.fps:g} fps, {info.codec}/{info.pix_fmt}, {out.stat().st_size} bytes")
+        print(
+            f"wrote {out.resolve()}: {info.frames} frames, {info.width}x{info.height}, "
+            f"{info.fps:g} fps, {info.codec}/{info.pix_fmt}, {out.stat().st_size} bytes"
+        )
         # Equal for every run of this prompt and seed on this kind of machine
         # (docs/checkpoints.md, "Determinism: what gives the same bytes").
         print(f"frames_sha256 {v['frames_sha256']}")
@@ -371,8 +408,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="videogen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="videogen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def client_cmd(name: str, help_: str) -> argparse.ArgumentParser:

@@ -43,8 +43,14 @@ SA_STATUS = "VideogenStatus"
 # its GPU generation time (the queue's ETA averages recent ones).
 SA_PRIORITY = "VideogenPriority"
 SA_GEN_SECONDS = "VideogenGenSeconds"
-SEARCH_ATTRIBUTES = {SA_USER: "Keyword", SA_TIER: "Keyword", SA_MODEL: "Keyword",
-                     SA_STATUS: "Keyword", SA_PRIORITY: "Int", SA_GEN_SECONDS: "Double"}
+SEARCH_ATTRIBUTES = {
+    SA_USER: "Keyword",
+    SA_TIER: "Keyword",
+    SA_MODEL: "Keyword",
+    SA_STATUS: "Keyword",
+    SA_PRIORITY: "Int",
+    SA_GEN_SECONDS: "Double",
+}
 # The same attributes as typed keys, for starting, upserting and reading them.
 USER_KEY = SearchAttributeKey.for_keyword(SA_USER)
 TIER_KEY = SearchAttributeKey.for_keyword(SA_TIER)
@@ -52,6 +58,7 @@ MODEL_KEY = SearchAttributeKey.for_keyword(SA_MODEL)
 STATUS_KEY = SearchAttributeKey.for_keyword(SA_STATUS)
 PRIORITY_KEY = SearchAttributeKey.for_int(SA_PRIORITY)
 GEN_SECONDS_KEY = SearchAttributeKey.for_float(SA_GEN_SECONDS)
+
 
 class ErrorCode(StrEnum):
     """`ApplicationError` types of our own; the API shows them as `error.code`."""
@@ -73,8 +80,11 @@ class ErrorCode(StrEnum):
 
 
 NON_RETRYABLE_ERRORS = [ErrorCode.INVALID_INPUT.value, ErrorCode.MODEL_MISMATCH.value]
-WEBHOOK_NON_RETRYABLE = [ErrorCode.WEBHOOK_UNSAFE.value, ErrorCode.WEBHOOK_REDIRECT.value,
-                         ErrorCode.WEBHOOK_GONE.value]
+WEBHOOK_NON_RETRYABLE = [
+    ErrorCode.WEBHOOK_UNSAFE.value,
+    ErrorCode.WEBHOOK_REDIRECT.value,
+    ErrorCode.WEBHOOK_GONE.value,
+]
 
 
 class Status(StrEnum):
@@ -128,9 +138,14 @@ def parse_checkpoint_key(key: str) -> tuple[int, int] | None:
     parts = key.split("/")
     try:
         attempt_dir, name = parts[-2], parts[-1]
-        if (attempt_dir.startswith("attempt-") and name.startswith("step-")
-                and name.endswith(".safetensors")):
-            return int(attempt_dir[len("attempt-"):]), int(name[len("step-"):-len(".safetensors")])
+        if (
+            attempt_dir.startswith("attempt-")
+            and name.startswith("step-")
+            and name.endswith(".safetensors")
+        ):
+            return int(attempt_dir[len("attempt-") :]), int(
+                name[len("step-") : -len(".safetensors")]
+            )
     except (IndexError, ValueError):
         pass
     return None

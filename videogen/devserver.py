@@ -81,8 +81,17 @@ class DevServer:
         return f"http://{self.host}:{self.ui_port}" if self.ui_port else None
 
     def command(self) -> list[str]:
-        cmd = [temporal_binary(), "server", "start-dev", "--ip", self.host,
-               "--port", str(self.port), "--log-level", "warn"]
+        cmd = [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            self.host,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warn",
+        ]
         if self.ui_port:
             cmd += ["--ui-port", str(self.ui_port), "--ui-disable-news-fetch"]
         else:
@@ -107,7 +116,10 @@ class DevServer:
             self.db_file.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.command(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         self.wait_healthy(timeout_s)
@@ -122,9 +134,22 @@ class DevServer:
         """
         temporal = temporal_binary()
         listed = subprocess.run(
-            [temporal, "operator", "search-attribute", "list", "--address", self.address,
-             "--namespace", self.namespace, "-o", "json"],
-            capture_output=True, text=True, timeout=30)
+            [
+                temporal,
+                "operator",
+                "search-attribute",
+                "list",
+                "--address",
+                self.address,
+                "--namespace",
+                self.namespace,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if listed.returncode != 0:
             raise RuntimeError(f"cannot list search attributes: {listed.stderr.strip()}")
         have = json.loads(listed.stdout).get("customAttributes", {})
@@ -132,12 +157,28 @@ class DevServer:
             if name in have:
                 continue
             made = subprocess.run(
-                [temporal, "operator", "search-attribute", "create", "--address", self.address,
-                 "--namespace", self.namespace, "--name", name, "--type", kind],
-                capture_output=True, text=True, timeout=30)
+                [
+                    temporal,
+                    "operator",
+                    "search-attribute",
+                    "create",
+                    "--address",
+                    self.address,
+                    "--namespace",
+                    self.namespace,
+                    "--name",
+                    name,
+                    "--type",
+                    kind,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if made.returncode != 0:
-                raise RuntimeError(f"cannot register search attribute {name}: "
-                                   f"{made.stderr.strip()}")
+                raise RuntimeError(
+                    f"cannot register search attribute {name}: {made.stderr.strip()}"
+                )
 
     def wait_healthy(self, timeout_s: float) -> None:
         """Block until the frontend answers a health check (gRPC), or raise with the log tail."""
@@ -172,5 +213,8 @@ class DevServer:
 
     def env(self) -> dict[str, str]:
         """Environment for a child process that should talk to this server."""
-        return {**os.environ, "TEMPORAL_ADDRESS": self.address,
-                "TEMPORAL_NAMESPACE": self.namespace}
+        return {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.address,
+            "TEMPORAL_NAMESPACE": self.namespace,
+        }

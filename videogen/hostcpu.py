@@ -23,8 +23,19 @@ import platform
 # which Linux lists as "abm").
 _X86_64_V3 = frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "abm"})
 # The flags that change which torch kernels run: the vector widths and the matrix units.
-_KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni",
-                 "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
+_KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "asimd",
+    "sve",
+    "sve2",
+)
 
 
 @functools.cache

@@ -70,10 +70,13 @@ def configure(level: str | None = None, **static: Any) -> None:
     lvl = getattr(logging, (level or os.environ.get("VIDEOGEN_LOG_LEVEL", "INFO")).upper())
     fmt = os.environ.get("VIDEOGEN_LOG_FORMAT", "").strip().lower()
     console = fmt == "console" or (fmt != "json" and sys.stderr.isatty())
-    renderer: Any = (structlog.dev.ConsoleRenderer() if console
-                     # str() for values JSON cannot hold: structlog's own fallback imports
-                     # lazily, which the workflow sandbox refuses (records logged there).
-                     else structlog.processors.JSONRenderer(default=str))
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer()
+        if console
+        # str() for values JSON cannot hold: structlog's own fallback imports
+        # lazily, which the workflow sandbox refuses (records logged there).
+        else structlog.processors.JSONRenderer(default=str)
+    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -88,11 +91,16 @@ def configure(level: str | None = None, **static: Any) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder(),
-                           *shared],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                *shared,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)

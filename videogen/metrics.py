@@ -24,7 +24,8 @@ CHECKPOINT_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 CHECKPOINT_BYTES = Histogram(
-    "videogen_checkpoint_bytes", "Size of one checkpoint file.",
+    "videogen_checkpoint_bytes",
+    "Size of one checkpoint file.",
     buckets=(1e5, 1e6, 1e7, 5e7, 1e8, 5e8, 1e9),
 )
 CHECKPOINT_FAILURES = Counter(
@@ -66,12 +67,14 @@ GPU_UTILIZATION = Gauge(
 GENERATION_SECONDS = Histogram(
     "videogen_generation_seconds",
     "GPU time of a finished generation attempt (model, resolution).",
-    ["model", "resolution"], buckets=JOB_BUCKETS,
+    ["model", "resolution"],
+    buckets=JOB_BUCKETS,
 )
 QUEUE_WAIT_SECONDS = Histogram(
     "videogen_queue_wait_seconds",
     "From submission to the first GPU attempt's start, by tier: the wait users feel most.",
-    ["tier"], buckets=JOB_BUCKETS,
+    ["tier"],
+    buckets=JOB_BUCKETS,
 )
 WASTED_STEPS = Counter(
     "videogen_wasted_steps_total",
@@ -84,7 +87,8 @@ JOBS_STARTED = Counter(
     ["warm"],
 )
 MODEL_LOAD_SECONDS = Histogram(
-    "videogen_model_load_seconds", "Time a GPU worker took to load its model.",
+    "videogen_model_load_seconds",
+    "Time a GPU worker took to load its model.",
     buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
 )
 
@@ -93,8 +97,11 @@ class BusyTracker:
     """How much of the last `window_s` seconds a worker spent computing (its GPU utilization
     as far as this process can tell: one job at a time, so busy = the GPU in use)."""
 
-    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.window_s = window_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -126,8 +133,9 @@ class BusyTracker:
 BUSY = BusyTracker()
 
 
-def configure_gpu(*, worker: str, gpu_id: str, region: str,
-                  utilization: Callable[[], float] | None = None) -> None:
+def configure_gpu(
+    *, worker: str, gpu_id: str, region: str, utilization: Callable[[], float] | None = None
+) -> None:
     """Label this process's GPU series (one GPU worker process per GPU). `utilization`: the
     device's own reading (NVML) where there is one, else the share of time busy with a job."""
     # Series exist from the start at 0, so rate() and increase() see the first preemption.

@@ -34,8 +34,24 @@ from temporalio.runtime import (
 
 PREFIX = "temporal_"
 # Durations are recorded in seconds (MetricBufferDurationFormat.SECONDS).
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-           1800.0, math.inf)
+BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+    math.inf,
+)
 DRAIN_INTERVAL_S = 1.0
 
 Labels = tuple[tuple[str, str], ...]
@@ -71,8 +87,9 @@ class TemporalMetrics(Collector):
         """The process's Temporal runtime, recording into this collector's buffer."""
         if self._runtime is None:
             self._runtime = Runtime(telemetry=TelemetryConfig(metrics=self.buffer))
-            threading.Thread(target=self._drain_forever, name="temporal-metrics",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._drain_forever, name="temporal-metrics", daemon=True
+            ).start()
         return self._runtime
 
     def _drain_forever(self) -> None:
@@ -94,8 +111,7 @@ class TemporalMetrics(Collector):
                 if entry is None:
                     entry = (int(m.kind), m.description or name, m.unit or "", {})
                     self._series[name] = entry
-                labels: Labels = tuple(sorted((str(k), str(v))
-                                              for k, v in u.attributes.items()))
+                labels: Labels = tuple(sorted((str(k), str(v)) for k, v in u.attributes.items()))
                 values = entry[3]
                 if m.kind == BUFFERED_METRIC_KIND_COUNTER:
                     values[labels] = values.get(labels, 0) + u.value
@@ -122,8 +138,11 @@ class TemporalMetrics(Collector):
                         fam.add_sample(name, dict(labels), v)
                 else:
                     # Durations arrive in seconds; Prometheus names carry their unit.
-                    base = name + "_seconds" if unit in ("duration", "s") and \
-                        not name.endswith("_seconds") else name
+                    base = (
+                        name + "_seconds"
+                        if unit in ("duration", "s") and not name.endswith("_seconds")
+                        else name
+                    )
                     fam = Metric(base, doc, "histogram")
                     for labels, h in values.items():
                         lab = dict(labels)

@@ -74,9 +74,11 @@ class Settings(BaseSettings):
 
     tiers: dict[str, TierPolicy] = Field(
         default_factory=lambda: dict(DEFAULT_TIERS),
-        description="JSON object tier -> TierPolicy; replaces the default tiers as a whole.")
+        description="JSON object tier -> TierPolicy; replaces the default tiers as a whole.",
+    )
     worker_pool: str = Field(
-        "", description="GPU worker: serve this tier's dedicated pool instead of the shared one.")
+        "", description="GPU worker: serve this tier's dedicated pool instead of the shared one."
+    )
 
     task_queue_prefix: str = Field("videogen", description="Prefix of every task queue name.")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="GPU activity heartbeat timeout.")
@@ -87,24 +89,38 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Least time between progress signals of one job."
     )
     webhook_secret_key: str = Field(
-        "videogen-dev-webhook-key", description="Master key the users' webhook signing "
-        "secrets derive from; set a long random value in production.")
+        "videogen-dev-webhook-key",
+        description="Master key the users' webhook signing "
+        "secrets derive from; set a long random value in production.",
+    )
     webhook_allowed_hosts: str = Field(
-        "", description="Comma-separated webhook hosts allowed although they are loopback or "
-        "private ('*': any). Development only.")
+        "",
+        description="Comma-separated webhook hosts allowed although they are loopback or "
+        "private ('*': any). Development only.",
+    )
     url_signing_key: str = Field(
-        "videogen-dev-url-key", description="Key of the signed download URLs (file:// "
-        "storage); set a long random value in production.")
+        "videogen-dev-url-key",
+        description="Key of the signed download URLs (file:// "
+        "storage); set a long random value in production.",
+    )
     # At most 7 days: the longest an S3 (SigV4) presigned URL can live.
-    signed_url_ttl_s: float = Field(3600.0, gt=0, le=604800,
-                                    description="Lifetime of a download URL.")
+    signed_url_ttl_s: float = Field(
+        3600.0, gt=0, le=604800, description="Lifetime of a download URL."
+    )
     retention_s: float = Field(
-        7 * 86400.0, ge=0, description="Seconds a finished video's files are kept (0: until "
-        "DELETE).")
+        7 * 86400.0,
+        ge=0,
+        description="Seconds a finished video's files are kept (0: until DELETE).",
+    )
     public_url: str = Field(
-        "", description="The API's external base URL for signed links (default: as requested).")
-    events_poll_s: float = Field(0.5, gt=0, description="How often an SSE stream looks at "
-                                 "its job (a query: no workflow history per viewer).")
+        "", description="The API's external base URL for signed links (default: as requested)."
+    )
+    events_poll_s: float = Field(
+        0.5,
+        gt=0,
+        description="How often an SSE stream looks at "
+        "its job (a query: no workflow history per viewer).",
+    )
     events_keepalive_s: float = Field(15.0, gt=0, description="SSE keep-alive comment interval.")
     gpu_start_timeout_s: float = Field(
         0, ge=0, description="Fail a job if no GPU worker picks it up in this time (0 = wait)."
@@ -112,39 +128,59 @@ class Settings(BaseSettings):
 
     # Checkpoints and preemption (GPU worker; docs/checkpoints.md).
     checkpoint_policy: Literal["adaptive", "steps", "seconds", "off"] = Field(
-        "adaptive", description="When the GPU activity checkpoints: adaptive (Young-Daly), "
-        "every N steps, every T seconds, or off.")
+        "adaptive",
+        description="When the GPU activity checkpoints: adaptive (Young-Daly), "
+        "every N steps, every T seconds, or off.",
+    )
     checkpoint_every_steps: int = Field(10, ge=1, description="N for the 'steps' policy.")
     checkpoint_every_s: float = Field(30.0, gt=0, description="T for the 'seconds' policy.")
     preemption_mtbf_s: float = Field(
-        3600.0, gt=0, description="Mean time between preemptions of one GPU worker, for the "
-        "adaptive policy's interval sqrt(2 * checkpoint cost * MTBF).")
+        3600.0,
+        gt=0,
+        description="Mean time between preemptions of one GPU worker, for the "
+        "adaptive policy's interval sqrt(2 * checkpoint cost * MTBF).",
+    )
     checkpoint_retries: int = Field(3, ge=1, description="Tries per checkpoint write.")
     checkpoint_backoff_s: float = Field(0.5, ge=0, description="First retry delay (doubles).")
     graceful_shutdown_s: float = Field(
-        90.0, gt=0, description="On SIGTERM, time for the running step plus a checkpoint "
-        "write before the GPU worker gives up on a graceful hand-over.")
+        90.0,
+        gt=0,
+        description="On SIGTERM, time for the running step plus a checkpoint "
+        "write before the GPU worker gives up on a graceful hand-over.",
+    )
     spot_notice_url: str = Field(
-        "", description="Instance-metadata URL of spot interruption notices (AWS: "
-        "http://169.254.169.254/latest/meta-data/spot/instance-action); empty = off.")
+        "",
+        description="Instance-metadata URL of spot interruption notices (AWS: "
+        "http://169.254.169.254/latest/meta-data/spot/instance-action); empty = off.",
+    )
     spot_notice_poll_s: float = Field(5.0, gt=0, description="How often to poll it.")
     torch_threads: int = Field(
-        0, ge=0, description="Torch CPU threads of the GPU worker (0 = torch's default). "
-        "Checkpoints resume bit for bit only with the same count on the CPU.")
+        0,
+        ge=0,
+        description="Torch CPU threads of the GPU worker (0 = torch's default). "
+        "Checkpoints resume bit for bit only with the same count on the CPU.",
+    )
     worker_metrics_port: int = Field(
-        0, ge=0, description="Worker /metrics port, GPU and CPU workers alike (0 = off).")
+        0, ge=0, description="Worker /metrics port, GPU and CPU workers alike (0 = off)."
+    )
     worker_metrics_host: str = Field(
-        "127.0.0.1", description="Address the worker's metrics server binds (0.0.0.0 in a pod).")
-    region: str = Field("", description="Label of this worker's region on its preemption "
-                        "metrics (e.g. us-east-1).")
+        "127.0.0.1", description="Address the worker's metrics server binds (0.0.0.0 in a pod)."
+    )
+    region: str = Field(
+        "", description="Label of this worker's region on its preemption metrics (e.g. us-east-1)."
+    )
 
     # Operations (docs/operations.md).
     admin_key: str = Field(
-        "", description="Bearer key of the admin endpoints (/v1/admin/...); empty: they are "
-        "off (404).")
+        "",
+        description="Bearer key of the admin endpoints (/v1/admin/...); empty: they are off (404).",
+    )
     fleet_cache_s: float = Field(
-        5.0, ge=0, description="How long the API reuses its fleet snapshot (Temporal's task "
-        "queue stats are themselves cached about 5 s).")
+        5.0,
+        ge=0,
+        description="How long the API reuses its fleet snapshot (Temporal's task "
+        "queue stats are themselves cached about 5 s).",
+    )
 
     @field_validator("tiers")
     @classmethod

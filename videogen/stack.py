@@ -78,8 +78,10 @@ class Stack:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         if port_open("127.0.0.1", self.api_port):
-            raise RuntimeError(f"port {self.api_port} is already in use; choose another "
-                               "(--api-port) or stop what runs there")
+            raise RuntimeError(
+                f"port {self.api_port} is already in use; choose another "
+                "(--api-port) or stop what runs there"
+            )
         self.server = DevServer(
             db_file=self.data_dir / "temporal.db" if self.persistent else None,
             port=self.temporal_port,
@@ -88,8 +90,9 @@ class Stack:
         ).start()
         cli = [sys.executable, "-m", "videogen.cli"]
         self.children = [Child("cpu-worker", [*cli, "worker", "cpu"])]
-        self.children += [Child(f"gpu-worker-{i}", [*cli, "worker", "gpu"])
-                          for i in range(self.gpu_workers)]
+        self.children += [
+            Child(f"gpu-worker-{i}", [*cli, "worker", "gpu"]) for i in range(self.gpu_workers)
+        ]
         self.children.append(Child("api", [*cli, "api"]))
         # Each worker its own metrics port: from VIDEOGEN_WORKER_METRICS_PORT upwards if the
         # environment sets one (`videogen up`), else free ones when asked (tests).
@@ -119,8 +122,12 @@ class Stack:
         if child.metrics_port:
             env["VIDEOGEN_WORKER_METRICS_PORT"] = str(child.metrics_port)
         child.process = subprocess.Popen(
-            child.argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            child.argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def wait_api(self, timeout_s: float) -> None:
@@ -145,23 +152,33 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while True:
             self.check()
-            alive = {ch.process.pid for ch in self.children
-                     if ch.name.startswith("gpu-worker") and ch.process is not None
-                     and ch.process.poll() is None}
+            alive = {
+                ch.process.pid
+                for ch in self.children
+                if ch.name.startswith("gpu-worker")
+                and ch.process is not None
+                and ch.process.poll() is None
+            }
             ready = len(alive & polling_pids(f"127.0.0.1:{self.temporal_port}", queue))
             if ready >= n:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{ready} of {n} GPU workers polling {queue!r} after "
-                                   f"{timeout_s}s")
+                raise TimeoutError(
+                    f"{ready} of {n} GPU workers polling {queue!r} after {timeout_s}s"
+                )
             time.sleep(0.2)
 
     def gpu_task_queue(self) -> str:
         """The queue the stack's GPU workers poll, from the settings their environment gives."""
         env = self.child_env()
         fields = ("task_queue_prefix", "model", "model_name", "worker_pool")
-        settings = Settings(**{f: env[f"VIDEOGEN_{f.upper()}"] for f in fields  # type: ignore[arg-type]
-                               if f"VIDEOGEN_{f.upper()}" in env})
+        settings = Settings(
+            **{
+                f: env[f"VIDEOGEN_{f.upper()}"]
+                for f in fields  # type: ignore[arg-type]
+                if f"VIDEOGEN_{f.upper()}" in env
+            }
+        )
         return settings.gpu_task_queue(settings.model_spec.name, settings.worker_pool)
 
     def child(self, name: str) -> Child:
@@ -178,8 +195,7 @@ class Stack:
             if child.name == "api":
                 raise RuntimeError(f"the API exited with code {code}")
             child.restarts += 1
-            print(f"[videogen] {child.name} exited with code {code}; restarting",
-                  file=sys.stderr)
+            print(f"[videogen] {child.name} exited with code {code}; restarting", file=sys.stderr)
             self._spawn(child)
 
     def stop(self, timeout_s: float = 20.0) -> None:
@@ -203,11 +219,16 @@ def polling_pids(address: str, queue: str) -> set[int]:
     """Pids of the processes Temporal lists as polling `queue` for activities (from their
     `pid@host` identities). Synchronous: it runs its own event loop in a thread, so it can be
     called from sync code and from inside a running loop alike."""
+
     async def ask() -> set[int]:
         client = await Client.connect(address)
-        resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-            namespace=client.namespace, task_queue=TaskQueue(name=queue),
-            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY))
+        resp = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
         pids = (p.identity.split("@", 1)[0] for p in resp.pollers)
         return {int(pid) for pid in pids if pid.isdigit()}
 
@@ -221,8 +242,10 @@ async def gpu_worker_pid(client: Client, job_id: str) -> int | None:
     interrupt that very worker."""
     desc = await client.get_workflow_handle(job_id).describe()
     for pa in desc.raw_description.pending_activities:
-        if (pa.activity_type.name == c.ACTIVITY_GENERATE
-                and pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
-                and pa.last_worker_identity):
+        if (
+            pa.activity_type.name == c.ACTIVITY_GENERATE
+            and pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+            and pa.last_worker_identity
+        ):
             return int(pa.last_worker_identity.split("@", 1)[0])
     return None

@@ -539,9 +539,13 @@ class S3Store(ObjectStore):
 
     def presigned_get_url(self, key: str, ttl_s: float) -> str:
         """A URL anyone can GET the object with until it expires (S3 query-string auth)."""
-        return str(self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self._bucket, "Key": self._key(key)},
-            ExpiresIn=max(1, int(ttl_s))))
+        return str(
+            self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self._bucket, "Key": self._key(key)},
+                ExpiresIn=max(1, int(ttl_s)),
+            )
+        )
 
     def __repr__(self) -> str:
         return f"S3Store({self._bucket!r}, {self._prefix!r})"

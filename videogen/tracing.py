@@ -29,8 +29,11 @@ def wanted() -> bool:
     exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter == "none":
         return False
-    return bool(exporter or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return bool(
+        exporter
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
 
 
 def setup(service: str) -> bool:
@@ -54,7 +57,8 @@ def setup(service: str) -> bool:
     if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "console":
         # One JSON object per line, so spans interleave with the JSON log lines readably.
         exporter = ConsoleSpanExporter(
-            formatter=lambda span: span.to_json(indent=None) + os.linesep)
+            formatter=lambda span: span.to_json(indent=None) + os.linesep
+        )
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -47,9 +47,14 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return _blocked(ip.ipv4_mapped)
-    for what, flag in (("loopback", ip.is_loopback), ("link-local or metadata", ip.is_link_local),
-                       ("private", ip.is_private), ("multicast", ip.is_multicast),
-                       ("reserved", ip.is_reserved), ("unspecified", ip.is_unspecified)):
+    for what, flag in (
+        ("loopback", ip.is_loopback),
+        ("link-local or metadata", ip.is_link_local),
+        ("private", ip.is_private),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),
+        ("unspecified", ip.is_unspecified),
+    ):
         if flag:
             return what
     if not ip.is_global:
@@ -99,7 +104,8 @@ def check_url(url: str, *, allowed_hosts: frozenset[str] = frozenset()) -> Targe
         if why and not allowed:
             raise UnsafeWebhookURL(
                 f"host {hostname!r} resolves to {ip}, a {why} address; webhooks only go "
-                "to public addresses")
+                "to public addresses"
+            )
     ip = ips[0]
     netloc = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
     return Target(url=urlunsplit(parts._replace(netloc=netloc)), host=hostname, ip=str(ip))

@@ -29,8 +29,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
     acts = PostprocessActivities(store)
-    hooks = WebhookActivities(settings.webhook_secret_key,
-                              allowed_hosts=settings.webhook_hosts)
+    hooks = WebhookActivities(settings.webhook_secret_key, allowed_hosts=settings.webhook_hosts)
     worker = Worker(
         client,
         task_queue=settings.cpu_task_queue,
@@ -44,6 +43,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if settings.worker_metrics_port:
         # Job outcomes (videogen_jobs_total) and the SDK's workflow metrics.
         metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
-    log.info("cpu worker ready", task_queue=settings.cpu_task_queue, storage=store.describe(),
-             metrics_port=settings.worker_metrics_port or None)
+    log.info(
+        "cpu worker ready",
+        task_queue=settings.cpu_task_queue,
+        storage=store.describe(),
+        metrics_port=settings.worker_metrics_port or None,
+    )
     await run_until_stopped(worker, stop)

@@ -49,10 +49,12 @@ def configure_torch(settings: Settings, device: str) -> None:
 
 
 def policy_from(settings: Settings) -> CheckpointPolicy:
-    return CheckpointPolicy(mode=settings.checkpoint_policy,
-                            every_steps=settings.checkpoint_every_steps,
-                            every_s=settings.checkpoint_every_s,
-                            mtbf_s=settings.preemption_mtbf_s)
+    return CheckpointPolicy(
+        mode=settings.checkpoint_policy,
+        every_steps=settings.checkpoint_every_steps,
+        every_s=settings.checkpoint_every_s,
+        mtbf_s=settings.preemption_mtbf_s,
+    )
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
@@ -73,10 +75,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         stop.set()
 
     policy = policy_from(settings)
-    acts = DiffusionActivities(model, store, policy=policy,
-                               checkpoint_retries=settings.checkpoint_retries,
-                               checkpoint_backoff_s=settings.checkpoint_backoff_s,
-                               on_poisoned=on_poisoned, region=settings.region)
+    acts = DiffusionActivities(
+        model,
+        store,
+        policy=policy,
+        checkpoint_retries=settings.checkpoint_retries,
+        checkpoint_backoff_s=settings.checkpoint_backoff_s,
+        on_poisoned=on_poisoned,
+        region=settings.region,
+    )
     worker = Worker(
         client,
         task_queue=queue,
@@ -91,8 +98,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         # Covers the running step plus one checkpoint write; the activity hands over at once.
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
     )
-    metrics.configure_gpu(worker=logs.worker_id(), gpu_id=_gpu_id(device),
-                          region=settings.region, utilization=_nvml_utilization(device))
+    metrics.configure_gpu(
+        worker=logs.worker_id(),
+        gpu_id=_gpu_id(device),
+        region=settings.region,
+        utilization=_nvml_utilization(device),
+    )
     if settings.worker_metrics_port:
         # Started once the model is loaded: a scrape (or a probe) answering means "ready".
         metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
@@ -132,9 +143,11 @@ def _nvml_utilization(device: str) -> Callable[[], float] | None:
     try:
         torch.cuda.utilization(index)
     except Exception as err:
-        log.warning("GPU utilization unreadable (install the `gpu` extra for NVML): "
-                    "reporting the share of time busy with a job instead",
-                    error=f"{type(err).__name__}: {err}")
+        log.warning(
+            "GPU utilization unreadable (install the `gpu` extra for NVML): "
+            "reporting the share of time busy with a job instead",
+            error=f"{type(err).__name__}: {err}",
+        )
         return None
     return lambda: torch.cuda.utilization(index) / 100.0
 
@@ -146,8 +159,12 @@ def _gpu_id(device: str) -> str:
 
 
 async def _watch_spot(settings: Settings, stop: asyncio.Event) -> None:
-    notice = await spot.wait_for_notice(settings.spot_notice_url,
-                                        poll_s=settings.spot_notice_poll_s)
-    log.warning("spot interruption: handing over the running job and stopping",
-                action=notice.get("action"), time=notice.get("time"))
+    notice = await spot.wait_for_notice(
+        settings.spot_notice_url, poll_s=settings.spot_notice_poll_s
+    )
+    log.warning(
+        "spot interruption: handing over the running job and stopping",
+        action=notice.get("action"),
+        time=notice.get("time"),
+    )
     stop.set()

@@ -35,8 +35,9 @@ async def _token(client: httpx.AsyncClient, url: str) -> str | None:
     if token_url is None:
         return None
     try:
-        r = await client.put(token_url,
-                             headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)})
+        r = await client.put(
+            token_url, headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}
+        )
     except httpx.HTTPError:
         return None
     return r.text if r.status_code == 200 and r.text else None
@@ -60,21 +61,25 @@ async def check_notice(client: httpx.AsyncClient, url: str) -> dict[str, Any] | 
     return notice if isinstance(notice, dict) else {"action": "unknown", "raw": r.text[:200]}
 
 
-async def wait_for_notice(url: str, *, poll_s: float = 5.0,
-                          timeout_s: float = 2.0) -> dict[str, Any]:
+async def wait_for_notice(
+    url: str, *, poll_s: float = 5.0, timeout_s: float = 2.0
+) -> dict[str, Any]:
     """Poll `url` every `poll_s` seconds; return the first interruption notice."""
     # trust_env=False: an HTTP(S)_PROXY set for the cluster must not swallow link-local requests.
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False,
-                                 trust_env=False) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout_s, follow_redirects=False, trust_env=False
+    ) as client:
         while True:
             try:
                 notice = await check_notice(client, url)
             except Exception as err:  # a bad URL or a bug must not end the watch silently
-                log.error("spot notice check failed", url=url, error=f"{type(err).__name__}: "
-                          f"{err}")
+                log.error("spot notice check failed", url=url, error=f"{type(err).__name__}: {err}")
                 notice = None
             if notice is not None:
-                log.warning("spot interruption notice", url=url, **{
-                    k: v for k, v in notice.items() if k in ("action", "time")})
+                log.warning(
+                    "spot interruption notice",
+                    url=url,
+                    **{k: v for k, v in notice.items() if k in ("action", "time")},
+                )
                 return notice
             await asyncio.sleep(poll_s)

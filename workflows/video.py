@@ -77,12 +77,19 @@ class VideoGeneration:
             progress = PROGRESS_DECODING
         else:
             progress = max(s.progress, PROGRESS_STARTING)
-        self._change(attempt=update.attempt, phase=update.phase, step=update.step,
-                     total_steps=total, resumed_from_step=update.resumed_from_step,
-                     wasted_steps=max(s.wasted_steps, update.wasted_steps), progress=progress)
+        self._change(
+            attempt=update.attempt,
+            phase=update.phase,
+            step=update.step,
+            total_steps=total,
+            resumed_from_step=update.resumed_from_step,
+            wasted_steps=max(s.wasted_steps, update.wasted_steps),
+            progress=progress,
+        )
 
-    def _change(self, *, status: c.Status | None = None, gen_seconds: float | None = None,
-                **fields: object) -> None:
+    def _change(
+        self, *, status: c.Status | None = None, gen_seconds: float | None = None, **fields: object
+    ) -> None:
         """Every change of the job's state goes through here: the fields, then the status
         (mirrored in its search attribute), as one event for viewers (`seq` + 1)."""
         for name, value in fields.items():
@@ -101,8 +108,9 @@ class VideoGeneration:
     async def run(self, req: c.VideoRequest) -> c.JobResult:
         self._state.total_steps = req.num_inference_steps
         # workflow.logger: silent while replaying; its lines carry workflow and run id.
-        workflow.logger.info("job started", extra={"model": req.model, "tier": req.tier,
-                                                   "user": req.user})
+        workflow.logger.info(
+            "job started", extra={"model": req.model, "tier": req.tier, "user": req.user}
+        )
         if req.webhook_url and c.WEBHOOK_PROGRESS_EVENT in req.webhook_events:
             # A task of this workflow (deterministic: it runs on the workflow's event loop).
             self._progress_task = asyncio.create_task(self._progress_webhooks(req))
@@ -110,13 +118,22 @@ class VideoGeneration:
             gen = await self._generate(req)
             if self._state.status == c.Status.QUEUED:  # finished before its first signal arrived
                 self._change(status=c.Status.IN_PROGRESS)
-            self._change(phase=c.Phase.ENCODING, progress=PROGRESS_ENCODING,
-                         attempt=gen.attempt, resumed_from_step=gen.resumed_from_step,
-                         wasted_steps=gen.wasted_steps)
+            self._change(
+                phase=c.Phase.ENCODING,
+                progress=PROGRESS_ENCODING,
+                attempt=gen.attempt,
+                resumed_from_step=gen.resumed_from_step,
+                wasted_steps=gen.wasted_steps,
+            )
             encoded = await workflow.execute_activity(
                 c.ACTIVITY_ENCODE,
-                c.EncodeInput(job_id=req.job_id, frames_key=gen.frames_key, fps=req.fps,
-                              model=req.model, frames_sha256=gen.frames_sha256),
+                c.EncodeInput(
+                    job_id=req.job_id,
+                    frames_key=gen.frames_key,
+                    fps=req.fps,
+                    model=req.model,
+                    frames_sha256=gen.frames_sha256,
+                ),
                 result_type=c.EncodeOutput,
                 task_queue=req.cpu_task_queue,
                 start_to_close_timeout=timedelta(minutes=10),
@@ -134,32 +151,50 @@ class VideoGeneration:
                 raise
             assert isinstance(err, ActivityError)
             code, message = _describe_failure(err)
-            self._change(status=c.Status.FAILED, phase=c.Phase.FAILED,
-                         error=c.JobError(code=code, message=message))
+            self._change(
+                status=c.Status.FAILED,
+                phase=c.Phase.FAILED,
+                error=c.JobError(code=code, message=message),
+            )
             await self._cleanup(req, remove_outputs=True)
             await self._notify(req, c.Status.FAILED)
             _ended(req, c.Status.FAILED, code=code)
             raise ApplicationError(message, type=code, non_retryable=True) from err
 
-        result = c.JobResult(video=encoded, attempt=gen.attempt, device=gen.device,
-                             generation_seconds=gen.generation_seconds,
-                             resumed_from_step=gen.resumed_from_step,
-                             wasted_steps=gen.wasted_steps, warm=gen.warm,
-                             model_load_seconds=gen.model_load_seconds)
-        self._change(status=c.Status.COMPLETED, gen_seconds=gen.generation_seconds, result=result,
-                     phase=c.Phase.COMPLETED, progress=100)
+        result = c.JobResult(
+            video=encoded,
+            attempt=gen.attempt,
+            device=gen.device,
+            generation_seconds=gen.generation_seconds,
+            resumed_from_step=gen.resumed_from_step,
+            wasted_steps=gen.wasted_steps,
+            warm=gen.warm,
+            model_load_seconds=gen.model_load_seconds,
+        )
+        self._change(
+            status=c.Status.COMPLETED,
+            gen_seconds=gen.generation_seconds,
+            result=result,
+            phase=c.Phase.COMPLETED,
+            progress=100,
+        )
         if req.retention_s > 0:
             await workflow.start_child_workflow(
                 c.RETENTION_WORKFLOW,
-                c.RetentionInput(job_id=req.job_id, seconds=req.retention_s,
-                                 cpu_task_queue=req.cpu_task_queue),
+                c.RetentionInput(
+                    job_id=req.job_id, seconds=req.retention_s, cpu_task_queue=req.cpu_task_queue
+                ),
                 id=f"{req.job_id}-retention",
                 task_queue=req.cpu_task_queue,
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
             )
         await self._notify(req, c.Status.COMPLETED)
-        _ended(req, c.Status.COMPLETED, attempt=gen.attempt,
-               generation_seconds=round(gen.generation_seconds, 3))
+        _ended(
+            req,
+            c.Status.COMPLETED,
+            attempt=gen.attempt,
+            generation_seconds=round(gen.generation_seconds, 3),
+        )
         return result
 
     async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:
@@ -168,8 +203,9 @@ class VideoGeneration:
         )
         return await workflow.execute_activity(
             c.ACTIVITY_GENERATE,
-            c.GenerateInput(request=req,
-                            submitted_at=workflow.info().workflow_start_time.timestamp()),
+            c.GenerateInput(
+                request=req, submitted_at=workflow.info().workflow_start_time.timestamp()
+            ),
             result_type=c.GenerateOutput,
             task_queue=req.gpu_task_queue,
             start_to_close_timeout=timedelta(hours=2),
@@ -191,6 +227,7 @@ class VideoGeneration:
         """`video.progress` at each phase change and each quarter of the denoising."""
         sent: tuple[str, str, int] | None = None
         while True:
+
             def moved(last: tuple[str, str, int] | None = sent) -> bool:
                 return self._milestone() != last
 
@@ -210,19 +247,31 @@ class VideoGeneration:
             "type": event,
             "timestamp": workflow.now().isoformat(),
             "data": {
-                "id": req.job_id, "object": "video", "status": s.status, "phase": s.phase,
-                "model": req.model, "progress": s.progress, "step": s.step,
-                "total_steps": s.total_steps, "attempt": s.attempt,
+                "id": req.job_id,
+                "object": "video",
+                "status": s.status,
+                "phase": s.phase,
+                "model": req.model,
+                "progress": s.progress,
+                "step": s.step,
+                "total_steps": s.total_steps,
+                "attempt": s.attempt,
                 "resumed_from_step": s.resumed_from_step,
                 "error": {"code": s.error.code, "message": s.error.message} if s.error else None,
             },
         }
         await workflow.start_child_workflow(
             c.WEBHOOK_WORKFLOW,
-            c.WebhookInput(job_id=req.job_id, user=req.user, url=req.webhook_url, event=event,
-                           webhook_id=f"msg_{req.job_id}_{tag}",
-                           body=json.dumps(payload, separators=(",", ":")),
-                           cpu_task_queue=req.cpu_task_queue, model=req.model),
+            c.WebhookInput(
+                job_id=req.job_id,
+                user=req.user,
+                url=req.webhook_url,
+                event=event,
+                webhook_id=f"msg_{req.job_id}_{tag}",
+                body=json.dumps(payload, separators=(",", ":")),
+                cpu_task_queue=req.cpu_task_queue,
+                model=req.model,
+            ),
             id=f"{req.job_id}-webhook-{tag}",
             task_queue=req.cpu_task_queue,
             parent_close_policy=workflow.ParentClosePolicy.ABANDON,
@@ -242,10 +291,12 @@ def _ended(req: c.VideoRequest, outcome: c.Status, **fields: object) -> None:
     """Count and log a job's end. The workflow metric meter records nothing while replaying,
     so each job is counted once (`videogen_jobs_total` on the CPU worker's /metrics)."""
     workflow.metric_meter().create_counter(
-        "videogen_jobs_total", "Jobs ended, by outcome (completed, failed, cancelled).",
+        "videogen_jobs_total",
+        "Jobs ended, by outcome (completed, failed, cancelled).",
     ).add(1, {"outcome": outcome, "model": req.model, "tier": req.tier})
-    workflow.logger.info("job %s", outcome, extra={"outcome": outcome, "model": req.model,
-                                                   **fields})
+    workflow.logger.info(
+        "job %s", outcome, extra={"outcome": outcome, "model": req.model, **fields}
+    )
 
 
 def _describe_failure(err: ActivityError) -> tuple[str, str]:

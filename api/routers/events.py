@@ -41,8 +41,11 @@ def _last_seq(last_event_id: str | None) -> int:
         return -1
 
 
-@router.get("/{video_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/{video_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def video_events(
     video_id: str,
     request: Request,
@@ -66,8 +69,11 @@ async def video_events(
             # The query refuses closed workflows (terminated, timed out: no signal tells them).
             state = await presenter.query_state(handle)
             polls += 1
-            if state is None or state.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS) or (
-                    polls % DESCRIBE_EVERY == 0):
+            if (
+                state is None
+                or state.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS)
+                or (polls % DESCRIBE_EVERY == 0)
+            ):
                 current = await handle.describe()
                 if current.status != WorkflowExecutionStatus.RUNNING:
                     video = await presenter.to_video(handle, current)
@@ -83,5 +89,8 @@ async def video_events(
                 quiet_since = time.monotonic()
             await asyncio.sleep(settings.events_poll_s)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

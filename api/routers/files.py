@@ -30,23 +30,30 @@ def _sig(secret: str, video_id: str, variant: str, expires: int) -> str:
 
 
 def signed_path(secret: str, video_id: str, variant: str, expires: int) -> str:
-    return (f"/v1/files/{video_id}/{variant}?expires={expires}"
-            f"&sig={_sig(secret, video_id, variant, expires)}")
+    return (
+        f"/v1/files/{video_id}/{variant}?expires={expires}"
+        f"&sig={_sig(secret, video_id, variant, expires)}"
+    )
 
 
-async def stream(store: ObjectStore, video_id: str, variant: str,
-                 obj: str) -> StreamingResponse:
+async def stream(store: ObjectStore, video_id: str, variant: str, obj: str) -> StreamingResponse:
     name, media_type = c.VARIANTS[variant]
     try:
         size = await asyncio.to_thread(store.size, obj)
     except NotFound:
-        raise NotFoundError(f"the {variant} of video {video_id} is no longer stored (expired "
-                            "or deleted)", code="content_gone") from None
+        raise NotFoundError(
+            f"the {variant} of video {video_id} is no longer stored (expired or deleted)",
+            code="content_gone",
+        ) from None
     ext = name.rsplit(".", 1)[-1]
     return StreamingResponse(
-        store.iter_chunks(obj), media_type=media_type,
-        headers={"Content-Length": str(size),
-                 "Content-Disposition": f'attachment; filename="{video_id}.{ext}"'})
+        store.iter_chunks(obj),
+        media_type=media_type,
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{video_id}.{ext}"',
+        },
+    )
 
 
 @router.get("/{video_id}/{variant}")
@@ -59,14 +66,23 @@ async def signed_file(
     sig: Annotated[str, Query()],
 ) -> StreamingResponse:
     expected = _sig(settings.url_signing_key, video_id, variant, expires)
-    if variant not in c.VARIANTS or not hmac.compare_digest(expected.encode(),
-                                                            sig.encode("utf-8", "replace")):
-        raise ApiError(403, "invalid signature: this link was altered; ask for a new one with "
-                       "GET /v1/videos/{id}/content_url", code="invalid_signature")
+    if variant not in c.VARIANTS or not hmac.compare_digest(
+        expected.encode(), sig.encode("utf-8", "replace")
+    ):
+        raise ApiError(
+            403,
+            "invalid signature: this link was altered; ask for a new one with "
+            "GET /v1/videos/{id}/content_url",
+            code="invalid_signature",
+        )
     if time.time() > expires:
-        raise ApiError(403, "this link has expired; ask for a new one with "
-                       "GET /v1/videos/{id}/content_url", code="url_expired")
+        raise ApiError(
+            403,
+            "this link has expired; ask for a new one with GET /v1/videos/{id}/content_url",
+            code="url_expired",
+        )
     if await asyncio.to_thread(store.exists, c.tombstone_key(video_id)):
         raise NotFoundError(f"video {video_id} was deleted", code="content_gone")
-    return await stream(store, video_id, variant, c.outputs_prefix(video_id) +
-                        c.VARIANTS[variant][0])
+    return await stream(
+        store, video_id, variant, c.outputs_prefix(video_id) + c.VARIANTS[variant][0]
+    )

@@ -29,8 +29,7 @@ async def healthz(client: ClientDep, store: StoreDep, response: Response) -> dic
         checks["temporal"] = f"error: {err}"
     ok = all(v == "ok" for v in checks.values())
     response.status_code = 200 if ok else 503
-    return {"status": "ok" if ok else "unavailable", "checks": checks,
-            "storage": store.describe()}
+    return {"status": "ok" if ok else "unavailable", "checks": checks, "storage": store.describe()}
 
 
 @router.get("/metrics")

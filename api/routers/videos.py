@@ -44,25 +44,34 @@ async def _read_body(request: Request) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, value in form.multi_items():
             if not isinstance(value, str):
-                raise ApiError(400, f"{name}: file uploads are not supported; "
-                               "input_reference is not available for text-to-video", param=name)
+                raise ApiError(
+                    400,
+                    f"{name}: file uploads are not supported; "
+                    "input_reference is not available for text-to-video",
+                    param=name,
+                )
             out[name] = value
         if "metadata" in out:
             try:
                 out["metadata"] = json.loads(out["metadata"])
             except json.JSONDecodeError:
-                raise ApiError(400, "metadata: must be a JSON object of strings in a form "
-                               "field", param="metadata") from None
+                raise ApiError(
+                    400,
+                    "metadata: must be a JSON object of strings in a form field",
+                    param="metadata",
+                ) from None
         return out
     if ctype not in ("application/json", ""):
-        raise ApiError(415, f"unsupported content type {ctype!r}; send application/json or "
-                       "multipart/form-data", code="unsupported_media_type")
+        raise ApiError(
+            415,
+            f"unsupported content type {ctype!r}; send application/json or multipart/form-data",
+            code="unsupported_media_type",
+        )
     raw = await request.body()
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, f"request body is not valid JSON: {err}", code="invalid_json") \
-            from None
+        raise ApiError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     return body
@@ -73,21 +82,37 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
     spec: ModelSpec = settings.model_spec
     model = body.model or spec.name
     if model != spec.name:
-        raise ApiError(400, f"model: {model!r} is not served here; allowed: {spec.name}",
-                       param="model", code="unsupported_model")
+        raise ApiError(
+            400,
+            f"model: {model!r} is not served here; allowed: {spec.name}",
+            param="model",
+            code="unsupported_model",
+        )
     size = (body.size or spec.default_size).lower()
     if size not in spec.sizes:
-        raise ApiError(400, f"size: {size!r} is not supported by {spec.name}; allowed: "
-                       f"{', '.join(spec.sizes)}", param="size", code="unsupported_size")
+        raise ApiError(
+            400,
+            f"size: {size!r} is not supported by {spec.name}; allowed: {', '.join(spec.sizes)}",
+            param="size",
+            code="unsupported_size",
+        )
     seconds = body.seconds if body.seconds is not None else spec.default_seconds
     if seconds not in spec.seconds:
-        raise ApiError(400, f"seconds: {seconds} is not supported by {spec.name}; allowed: "
-                       f"{', '.join(map(str, spec.seconds))}", param="seconds",
-                       code="unsupported_seconds")
+        raise ApiError(
+            400,
+            f"seconds: {seconds} is not supported by {spec.name}; allowed: "
+            f"{', '.join(map(str, spec.seconds))}",
+            param="seconds",
+            code="unsupported_seconds",
+        )
     steps = body.num_inference_steps or spec.default_steps
     if steps > spec.max_steps:
-        raise ApiError(400, f"num_inference_steps: at most {spec.max_steps} for {spec.name}",
-                       param="num_inference_steps", code="invalid_value")
+        raise ApiError(
+            400,
+            f"num_inference_steps: at most {spec.max_steps} for {spec.name}",
+            param="num_inference_steps",
+            code="invalid_value",
+        )
     width, height = spec.parse_size(size)
     return c.VideoRequest(
         job_id=jobs.new_job_id(),
@@ -118,8 +143,14 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
 
 
 @router.post("", response_model=Video)
-async def create_video(request: Request, response: Response, key: KeyDep,
-                       settings: SettingsDep, client: ClientDep, store: StoreDep) -> Video:
+async def create_video(
+    request: Request,
+    response: Response,
+    key: KeyDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    store: StoreDep,
+) -> Video:
     idem = admission.idempotency_key(request.headers.get(admission.IDEMPOTENCY_HEADER))
     raw = await _read_body(request)
     try:
@@ -128,15 +159,21 @@ async def create_video(request: Request, response: Response, key: KeyDep,
         raise validation_error(err) from None
     req = _build_request(body, key, settings)
     if req.webhook_events and not req.webhook_url:
-        raise ApiError(400, "webhook_events: needs a webhook_url to send them to",
-                       param="webhook_events", code="invalid_value")
+        raise ApiError(
+            400,
+            "webhook_events: needs a webhook_url to send them to",
+            param="webhook_events",
+            code="invalid_value",
+        )
     if req.webhook_url:
         try:  # resolves the host: off the event loop
-            await asyncio.to_thread(webhooks.check_url, req.webhook_url,
-                                    allowed_hosts=settings.webhook_hosts)
+            await asyncio.to_thread(
+                webhooks.check_url, req.webhook_url, allowed_hosts=settings.webhook_hosts
+            )
         except webhooks.UnsafeWebhookURL as err:
-            raise ApiError(400, f"webhook_url: {err}", param="webhook_url",
-                           code="invalid_webhook_url") from None
+            raise ApiError(
+                400, f"webhook_url: {err}", param="webhook_url", code="invalid_webhook_url"
+            ) from None
     fingerprint = admission.fingerprint(body)
     if idem is not None:
         # A retry of a request that already started a job gets that job, never a second one,
@@ -158,8 +195,7 @@ async def create_video(request: Request, response: Response, key: KeyDep,
                 response.headers["Idempotent-Replayed"] = "true"
                 return await presenter.to_video(*found, live=False)
         raise
-    await jobs.start(client, req, key, policy, fingerprint=fingerprint,
-                     idempotent=idem is not None)
+    await jobs.start(client, req, key, policy, fingerprint=fingerprint, idempotent=idem is not None)
     JOBS_SUBMITTED.labels(tier=key.tier, model=req.model).inc()
     if idem is not None:
         # A concurrent request with this key may have won the start: same checks as a replay.
@@ -189,11 +225,13 @@ async def list_videos(
 
 
 @router.get("/{video_id}", response_model=Video)
-async def retrieve_video(video_id: str, key: KeyDep, settings: SettingsDep, client: ClientDep,
-                         store: StoreDep) -> Video:
+async def retrieve_video(
+    video_id: str, key: KeyDep, settings: SettingsDep, client: ClientDep, store: StoreDep
+) -> Video:
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
-    return await presenter.to_video(handle, ex, client=client,
-                                    queue_tiers=settings.tiers_sharing_pool(key.tier))
+    return await presenter.to_video(
+        handle, ex, client=client, queue_tiers=settings.tiers_sharing_pool(key.tier)
+    )
 
 
 @router.get("/{video_id}/content")
@@ -208,16 +246,24 @@ async def download_content(
     return await files.stream(store, video_id, variant, obj)
 
 
-async def _content_object(client: Client, store: ObjectStore, video_id: str, key: ApiKey,
-                          variant: str) -> str:
+async def _content_object(
+    client: Client, store: ObjectStore, video_id: str, key: ApiKey, variant: str
+) -> str:
     """The object key of a completed video's variant; 400/404/409 otherwise."""
     if variant not in c.VARIANTS:
-        raise ApiError(400, f"variant: {variant!r} is not one of {', '.join(c.VARIANTS)}",
-                       param="variant", code="invalid_value")
+        raise ApiError(
+            400,
+            f"variant: {variant!r} is not one of {', '.join(c.VARIANTS)}",
+            param="variant",
+            code="invalid_value",
+        )
     _, ex = await jobs.owned_handle(client, store, video_id, key)
     if ex.status != WorkflowExecutionStatus.COMPLETED:
-        raise ConflictError(f"video {video_id} is not completed; its content is available "
-                            "once status is 'completed'", code="video_not_ready")
+        raise ConflictError(
+            f"video {video_id} is not completed; its content is available "
+            "once status is 'completed'",
+            code="video_not_ready",
+        )
     return c.outputs_prefix(video_id) + c.VARIANTS[variant][0]
 
 
@@ -235,8 +281,10 @@ async def content_url(
     CDN): presigned by S3 on s3://, HMAC-signed by this API on file://."""
     obj = await _content_object(client, store, video_id, key, variant)
     if not await asyncio.to_thread(store.exists, obj):
-        raise NotFoundError(f"the {variant} of video {video_id} is no longer stored (expired "
-                            "or deleted)", code="content_gone")
+        raise NotFoundError(
+            f"the {variant} of video {video_id} is no longer stored (expired or deleted)",
+            code="content_gone",
+        )
     expires = int(time.time() + settings.signed_url_ttl_s)
     presign = getattr(store, "presigned_get_url", None)
     if presign is not None:
@@ -248,8 +296,7 @@ async def content_url(
 
 
 @router.post("/{video_id}/cancel", response_model=Video)
-async def cancel_video(video_id: str, key: KeyDep, client: ClientDep,
-                       store: StoreDep) -> Video:
+async def cancel_video(video_id: str, key: KeyDep, client: ClientDep, store: StoreDep) -> Video:
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
     await jobs.cancel(handle, ex)
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
@@ -257,12 +304,16 @@ async def cancel_video(video_id: str, key: KeyDep, client: ClientDep,
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted)
-async def delete_video(video_id: str, key: KeyDep, client: ClientDep,
-                       store: StoreDep) -> VideoDeleted:
+async def delete_video(
+    video_id: str, key: KeyDep, client: ClientDep, store: StoreDep
+) -> VideoDeleted:
     _, ex = await jobs.owned_handle(client, store, video_id, key)
     if ex.status == WorkflowExecutionStatus.RUNNING:
-        raise ConflictError(f"video {video_id} is still running; cancel it first "
-                            f"(POST /v1/videos/{video_id}/cancel)", code="video_running")
+        raise ConflictError(
+            f"video {video_id} is still running; cancel it first "
+            f"(POST /v1/videos/{video_id}/cancel)",
+            code="video_running",
+        )
 
     def remove() -> None:
         # Tombstone first: from here on the job is gone for the API, whatever fails next.
