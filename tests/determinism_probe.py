@@ -6,7 +6,8 @@
 `generate` prints "loaded" once its imports are done and waits for a line on stdin before it
 reads JOBS.json, so a caller can start its CPU load (or write the file) in between.
 
-A generate job is {"size": "WxH", "seed": n, "steps": n} plus, optionally,
+A generate job is a request body as tests/helpers.py takes it ({"size": "WxH", "seed": n,
+"seconds": 1, "num_inference_steps": n}) plus, optionally,
 "checkpoint_at": k and "checkpoint": path (write the state after step k there, then go on), or
 "resume": path (restore that checkpoint and finish from it, as a retried GPU attempt does).
 The last line of output is JSON: {file name or job index: sha256}.
@@ -19,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from helpers import generation_params  # this file's folder is on sys.path
 
 FPS = 8
 
@@ -34,29 +37,12 @@ def encode(directory: Path) -> dict[str, str]:
     }
 
 
-def params_of(job: dict[str, Any]) -> Any:
-    from activities import pipeline
-    from videogen import catalog
-
-    width, height = catalog.ModelSpec.parse_size(job["size"])
-    return pipeline.GenerationParams(
-        prompt="a lighthouse in a storm",
-        negative_prompt="",
-        seed=job["seed"],
-        width=width,
-        height=height,
-        num_frames=catalog.TINY_SPEC.num_frames(1),
-        num_inference_steps=job["steps"],
-        guidance_scale=catalog.TINY_SPEC.guidance_scale,
-    )
-
-
 def run_job(model: Any, job: dict[str, Any]) -> str:
     import torch
 
     from activities import checkpoint, media, pipeline
 
-    params = params_of(job)
+    params = generation_params(job)
     if "resume" in job:
         ckpt = checkpoint.decode(Path(job["resume"]).read_bytes())
         warnings = checkpoint.check_compatible(

@@ -77,34 +77,30 @@ def reference_frames(body: dict[str, Any]) -> Any:
 _FRAMES: dict[str, Any] = {}
 
 
-def _generate(body: dict[str, Any]) -> Any:
+def generation_params(body: dict[str, Any]) -> Any:
+    """The built-in model's GenerationParams for a request body, as the API would make them."""
     from activities import pipeline
     from videogen import catalog
 
     req = {"prompt": "a lighthouse in a storm", **SMALL, **body}
     spec = catalog.TINY_SPEC
-    width, height = (int(v) for v in req["size"].split("x"))
-    return pipeline.generate(
-        _tiny_model(),
-        pipeline.GenerationParams(
-            prompt=req["prompt"],
-            negative_prompt=req.get("negative_prompt", ""),
-            seed=req["seed"],
-            width=width,
-            height=height,
-            num_frames=spec.num_frames(int(req["seconds"])),
-            num_inference_steps=req["num_inference_steps"],
-            guidance_scale=spec.guidance_scale,
-        ),
+    width, height = spec.parse_size(req["size"])
+    return pipeline.GenerationParams(
+        prompt=req["prompt"],
+        negative_prompt=req.get("negative_prompt", ""),
+        seed=req["seed"],
+        width=width,
+        height=height,
+        num_frames=spec.num_frames(int(req["seconds"])),
+        num_inference_steps=req["num_inference_steps"],
+        guidance_scale=spec.guidance_scale,
     )
 
 
-def reference_mp4(body: dict[str, Any]) -> bytes:
-    """The MP4 an uninterrupted run of this request gives, computed in this process."""
-    from activities import media
-    from videogen import catalog
+def _generate(body: dict[str, Any]) -> Any:
+    from activities import pipeline
 
-    return media.encode_mp4(reference_frames(body), catalog.TINY_SPEC.fps)
+    return pipeline.generate(_tiny_model(), generation_params(body))
 
 
 def assert_reference_video(api: httpx.Client, job_id: str, body: dict[str, Any]) -> None:

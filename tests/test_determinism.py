@@ -128,13 +128,13 @@ def test_frames_identical_in_fresh_processes_under_load_with_and_without_resume(
     size again, and two resumed from those checkpoints, in another fresh process under load.
     All give this process's frames, bit for bit."""
     resumed = ("64x64", "256x144")
-    jobs = [{"size": s, "seed": 21, "steps": STEPS} for s in SIZES]
+    jobs = [body(s, 21) for s in SIZES]
     ckpt = {s: str(tmp_path / f"{s}.safetensors") for s in resumed}
     first = [
         {**j, "checkpoint_at": 2, "checkpoint": ckpt[j["size"]]} if j["size"] in ckpt else j
         for j in jobs
     ]
-    second = jobs + [{"size": s, "seed": 21, "steps": STEPS, "resume": ckpt[s]} for s in resumed]
+    second = jobs + [{**body(s, 21), "resume": ckpt[s]} for s in resumed]
     (tmp_path / "first.json").write_text(json.dumps(first))
     (tmp_path / "second.json").write_text(json.dumps(second))
 
