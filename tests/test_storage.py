@@ -126,6 +126,65 @@ def test_if_absent(store: ObjectStore) -> None:
     assert store.get("markers/done") == b"third"
 
 
+def _increment(current: bytes | None) -> bytes:
+    return str(int(current or b"0") + 1).encode()
+
+
+def test_update_is_a_compare_and_swap(store: ObjectStore) -> None:
+    # 4 threads x 15 increments of one counter: a lost update would show as a smaller total.
+    def bump() -> None:
+        for _ in range(15):
+            store.update("ledgers/counter", _increment)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("ledgers/counter") == b"60"
+
+
+def test_update_can_decline_or_abort(store: ObjectStore) -> None:
+    store.update("ledgers/x", lambda cur: None)  # no change: nothing is created
+    assert not store.exists("ledgers/x")
+    store.update("ledgers/x", lambda cur: b"one")
+    assert store.get("ledgers/x") == b"one"
+
+    def refuse(cur: bytes | None) -> bytes:
+        raise ValueError("full")
+
+    with pytest.raises(ValueError, match="full"):
+        store.update("ledgers/x", refuse)
+    assert store.get("ledgers/x") == b"one"
+    assert store.list("ledgers/") == ["ledgers/x"]  # the lock files are not objects
+
+
+def _bump_in_process(root: str, n: int, start_at: float) -> None:
+    import time
+
+    store = FileStore(root)
+    time.sleep(max(0.0, start_at - time.time()))  # all processes at once, not one by one
+    for _ in range(n):
+        store.update("counter", _increment)
+
+
+def test_file_update_holds_across_processes(tmp_path: Path) -> None:
+    # Several API replicas on one host share a FileStore: the lock must hold between processes.
+    import multiprocessing
+    import time
+
+    root = str(tmp_path / "store")
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3
+    procs = [ctx.Process(target=_bump_in_process, args=(root, 100, start_at)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert FileStore(root).get("counter") == b"300"
+
+
 def test_missing_key(store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(NotFound) as info:
         store.get("no/such/key")

@@ -18,6 +18,9 @@ The contract both backends keep:
   a later attempt would load.
 * `put(..., if_absent=True)` is a create-only write (exactly-once markers and "first writer wins"
   results); it raises `AlreadyExists` if the key is there.
+* `update(key, change)` is a compare-and-swap read-modify-write (admission ledgers): on S3 a
+  conditional PUT (If-Match / If-None-Match) retried on a lost race, in a FileStore an exclusive
+  `flock` held around the read and the write. Several processes and hosts may update one key.
 * `list` and `delete_prefix` use plain string prefixes, as S3 does: prefix "a" matches "a/x" and
   "ab". Use a trailing '/' to mean a directory.
 
@@ -26,7 +29,10 @@ The methods block; call them from a thread (e.g. `asyncio.to_thread`) in async c
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import random
 import re
 import secrets
 import shutil
@@ -41,7 +47,15 @@ from urllib.parse import unquote, urlsplit
 import boto3
 from boto3.exceptions import Boto3Error
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -50,6 +64,7 @@ __all__ = [
     "ObjectStore",
     "S3Store",
     "StorageError",
+    "StoreUnavailable",
     "open_store",
     "validate_key",
 ]
@@ -60,6 +75,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 # Keys whose segments start with this marker are rejected, so a temp file can never be mistaken
 # for (or collide with) an object, and `list` can skip temp files by name alone.
 TEMP_MARKER = ".vg-tmp-"
+# FileStore's lock files for `update`, in a directory no key can name (the marker again).
+LOCK_DIR = TEMP_MARKER + "locks"
 
 # S3's own key length limit; FileStore enforces it too so a key valid on one backend is valid on
 # the other.
@@ -73,6 +90,12 @@ _SUPPORTED = (
 
 class StorageError(Exception):
     """Any failure of the object store (I/O error, S3 error, misconfiguration)."""
+
+
+class StoreUnavailable(StorageError):
+    """The store could not be reached or did not answer in time (connection refused or reset,
+    a timeout, a 5xx or throttling). Transient: the same call later may succeed, so callers
+    retry it or answer 503, never treat it as a missing object or a bug."""
 
 
 class NotFound(StorageError):
@@ -162,6 +185,16 @@ class ObjectStore(Protocol):
 
     def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         """Store the contents of local file `path` under `key` atomically."""
+        ...
+
+    def update(self, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
+        """Read-modify-write `key` atomically with respect to every other `update` of it.
+
+        `change(current)` gets the object's bytes (None if there is none) and returns the new
+        bytes, or None to leave the object as it is. It may be called more than once (after
+        losing a race), so it must not have side effects. An exception from it propagates and
+        nothing is written. Small objects only: counters, ledgers.
+        """
         ...
 
     def get(self, key: str) -> bytes:
@@ -275,6 +308,34 @@ class FileStore(ObjectStore):
                 key, dest, lambda f: shutil.copyfileobj(src, f, DEFAULT_CHUNK_SIZE), if_absent=False
             )
 
+    def update(self, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
+        path = self._path(key)
+        with self._key_lock(key):
+            try:
+                with open(path, "rb") as f:
+                    current: bytes | None = f.read()
+            except FileNotFoundError:
+                current = None
+            except OSError as e:
+                raise StorageError(f"cannot read {key!r} in {self.describe()}: {e}") from e
+            new = change(current)
+            if new is not None:
+                self._write_atomic(key, path, lambda f: f.write(new), if_absent=False)
+
+    @contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock on `key` for every process on this host (flock on a lock file in
+        the root's reserved lock directory, which `list` never shows)."""
+        locks = os.path.join(self._root, LOCK_DIR)
+        os.makedirs(locks, exist_ok=True)
+        name = hashlib.sha256(key.encode()).hexdigest()
+        fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     def _write_atomic(
         self, key: str, path: str, write: Callable[[IO[bytes]], object], *, if_absent: bool
     ) -> None:
@@ -374,7 +435,8 @@ class FileStore(ObjectStore):
         base = prefix.rpartition("/")[0]
         top = self._path(base) if base else self._root  # _path: stays inside the root
         keys: list[str] = []
-        for dirpath, _dirnames, filenames in os.walk(top):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_MARKER)]
             rel = os.path.relpath(dirpath, self._root)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             for name in filenames:
@@ -468,6 +530,9 @@ _S3_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound"})
 # S3 answers 409 ConditionalRequestConflict when a conditional write races another write to the
 # same key; AWS says to retry, and the retry then gets a definite 200 or 412.
 _S3_CONFLICT_RETRIES = 5
+# Compare-and-swap rounds before `update` gives up: each lost round means another writer won,
+# so this only runs out under a sustained stampede on one key.
+_S3_UPDATE_ATTEMPTS = 100
 
 
 def _error_code(err: ClientError) -> str:
@@ -479,13 +544,49 @@ def _http_status(err: ClientError) -> int | None:
     return int(status) if status is not None else None
 
 
+# An unreachable store must fail a call within seconds, not after botocore's defaults (60 s
+# connect and read timeouts, several retries): the API answers 503 within about 2 s and the
+# workers retry with their own backoff. Big transfers are not limited by these: the read timeout
+# is per socket read, not per object.
+S3_CONNECT_TIMEOUT_S = float(os.environ.get("VIDEOGEN_S3_CONNECT_TIMEOUT_S", "1"))
+S3_READ_TIMEOUT_S = float(os.environ.get("VIDEOGEN_S3_READ_TIMEOUT_S", "10"))
+S3_MAX_ATTEMPTS = int(os.environ.get("VIDEOGEN_S3_MAX_ATTEMPTS", "2"))
+
+# Throttling and server-side failures: transient, like a dropped connection.
+_S3_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError", "Throttling"}
+)
+
+
 def _default_s3_client() -> Any:
     # boto3 itself reads credentials, region and AWS_ENDPOINT_URL(_S3). With a custom endpoint
     # (MinIO, Ceph, moto, ...) use path-style addressing: virtual-host style would need DNS for
     # "<bucket>.<host>", which such deployments rarely have.
     custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    config = Config(s3={"addressing_style": "path"}) if custom_endpoint else None
+    config = Config(
+        connect_timeout=S3_CONNECT_TIMEOUT_S,
+        read_timeout=S3_READ_TIMEOUT_S,
+        retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+        s3={"addressing_style": "path"} if custom_endpoint else None,
+    )
     return boto3.client("s3", config=config)
+
+
+def _is_transient(err: Exception) -> bool:
+    if isinstance(err, ClientError):
+        status = _http_status(err) or 0
+        return status >= 500 or status == 429 or _error_code(err) in _S3_TRANSIENT_CODES
+    # Connection refused or reset, DNS, timeouts: botocore's network errors.
+    return isinstance(
+        err,
+        (
+            EndpointConnectionError,
+            ConnectionClosedError,
+            ReadTimeoutError,
+            ConnectTimeoutError,
+            HTTPClientError,
+        ),
+    )
 
 
 class S3Store(ObjectStore):
@@ -564,6 +665,10 @@ class S3Store(ObjectStore):
     def _error(self, action: str, key: str, err: Exception) -> StorageError:
         if isinstance(err, ClientError) and _error_code(err) in _S3_NOT_FOUND:
             return NotFound(key, self.describe())
+        if _is_transient(err):
+            return StoreUnavailable(
+                f"cannot {action} {key!r}: {self.describe()} is unreachable ({err}); retry shortly"
+            )
         return StorageError(f"cannot {action} {key!r} in {self.describe()}: {err}")
 
     # -- writes --------------------------------------------------------------------------------
@@ -597,6 +702,43 @@ class S3Store(ObjectStore):
             # Multipart above the transfer threshold; the object appears only when the upload
             # completes, so this is as atomic as put().
             self._client.upload_file(local, self._bucket, s3_key, Config=self._transfer_config)
+
+    def update(self, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
+        s3_key = self._key(key)
+        for attempt in range(_S3_UPDATE_ATTEMPTS):
+            current, etag = self._get_with_etag(key, s3_key)
+            new = change(current)
+            if new is None:
+                return
+            # If-Match: only over the version read; If-None-Match: only if still absent.
+            cond = {"IfMatch": etag} if etag is not None else {"IfNoneMatch": "*"}
+            try:
+                self._client.put_object(Bucket=self._bucket, Key=s3_key, Body=new, **cond)
+                return
+            except ClientError as e:
+                lost = _error_code(e) in ("PreconditionFailed", "ConditionalRequestConflict")
+                if not (lost or _http_status(e) in (409, 412)):
+                    raise self._error("write", key, e) from e
+            except (BotoCoreError, Boto3Error) as e:
+                raise self._error("write", key, e) from e
+            # Lost a race: another writer got in between; read again after a jittered pause.
+            time.sleep(random.uniform(0.002, 0.01) * min(attempt + 1, 10))
+        raise StoreUnavailable(
+            f"cannot update {key!r} in {self.describe()}: still contended after "
+            f"{_S3_UPDATE_ATTEMPTS} attempts; retry shortly"
+        )
+
+    def _get_with_etag(self, key: str, s3_key: str) -> tuple[bytes | None, str | None]:
+        try:
+            resp = self._client.get_object(Bucket=self._bucket, Key=s3_key)
+        except ClientError as e:
+            if _error_code(e) in _S3_NOT_FOUND:
+                return None, None
+            raise self._error("read", key, e) from e
+        except (BotoCoreError, Boto3Error) as e:
+            raise self._error("read", key, e) from e
+        with self._errors("read", key), resp["Body"] as body:
+            return body.read(), str(resp["ETag"])
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -1,0 +1,110 @@
+"""The admission ledgers' rules (videogen.quota) on a FileStore, without Temporal or HTTP.
+
+The burst itself, over real HTTP and two API processes, is tests/test_admission_burst.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from videogen import quota
+from videogen.quota import Limit, Quota, Refused, Scope
+from videogen.storage import FileStore
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+def _user(concurrent: int = 0, per_minute: int = 0) -> Quota:
+    return Quota(Scope.USER, "alice", concurrent, per_minute)
+
+
+def _refusal(store: FileStore, quotas: list[Quota], job: str, now: float = T0) -> Refused:
+    with pytest.raises(Refused) as info:
+        quota.admit(store, job, quotas, now)
+    return info.value
+
+
+def test_concurrency_limit_and_release(store: FileStore) -> None:
+    q = [_user(concurrent=2)]
+    quota.admit(store, "video_a", q, T0)
+    quota.admit(store, "video_b", q, T0)
+    refused = _refusal(store, q, "video_c")
+    assert refused.limit == Limit.USER_CONCURRENT and refused.value == 2
+    assert refused.retry_after_s == quota.CONCURRENT_RETRY_AFTER_S
+    quota.release(store, "video_a", "alice", "paid")
+    quota.admit(store, "video_c", q, T0 + 1)
+    assert set(quota.active(store, q[0])) == {"video_b", "video_c"}
+    quota.release(store, "video_a", "alice", "paid")  # twice, or never admitted: no change
+    quota.release(store, "video_zzz", "nobody", "")
+
+
+def test_the_same_job_takes_one_place(store: FileStore) -> None:
+    # Concurrent retries of one idempotent request share its job id.
+    q = [_user(concurrent=1, per_minute=1)]
+    quota.admit(store, "video_a", q, T0)
+    quota.admit(store, "video_a", q, T0 + 0.1)
+    assert list(quota.active(store, q[0])) == ["video_a"]
+
+
+def test_per_minute_window_slides(store: FileStore) -> None:
+    q = [_user(per_minute=3)]
+    for i, t in enumerate((T0, T0 + 10, T0 + 20)):
+        quota.admit(store, f"video_{i}", q, t)
+        quota.release(store, f"video_{i}", "alice", "")  # ended: still counts this minute
+    refused = _refusal(store, q, "video_x", T0 + 30)
+    assert refused.limit == Limit.USER_PER_MINUTE
+    assert refused.retry_after_s == 30  # when the submission at T0 leaves the window
+    quota.admit(store, "video_x", q, T0 + 60.5)
+    assert _refusal(store, q, "video_y", T0 + 61).retry_after_s == 9
+
+
+def test_a_refusal_by_the_tier_gives_the_user_place_back(store: FileStore) -> None:
+    user = _user(concurrent=5)
+    tier = Quota(Scope.TIER, "free", concurrent=1)
+    quota.admit(store, "video_a", [user, tier], T0)
+    refused = _refusal(store, [user, tier], "video_b")
+    assert refused.limit == Limit.TIER_CONCURRENT
+    assert list(quota.active(store, user)) == ["video_a"]
+
+
+def test_forget_and_unlimited_quotas(store: FileStore) -> None:
+    q = _user(concurrent=1, per_minute=1)
+    quota.admit(store, "video_a", [q], T0)
+    quota.forget(store, q, {"video_a"}, from_recent=True)  # an admission given back
+    quota.admit(store, "video_b", [q], T0 + 1)
+    # A quota with no limits keeps no ledger at all.
+    quota.admit(store, "video_c", [Quota(Scope.TIER, "internal")], T0)
+    assert store.list("admission/tier/") == []
+
+
+def test_ledger_keys_take_any_name() -> None:
+    key = quota.ledger_key(Scope.USER, "o'brien \"\\ /../x")
+    assert key.startswith("admission/user/") and ".." not in key
+
+
+def test_threads_never_over_admit(store: FileStore) -> None:
+    q = [_user(concurrent=10)]
+    admitted: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            quota.admit(store, f"video_{i}", q, T0)
+            admitted.append(f"video_{i}")
+        except Refused:
+            pass
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 10
+    assert set(quota.active(store, q[0])) == set(admitted)
