@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 PROMPT ?= a red fox running through fresh snow
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast up lint clean bench sim tools
+.PHONY: venv demo test test-fast test-faults up lint clean bench sim tools
 
 venv: $(VENV)/.installed
 
@@ -49,6 +49,11 @@ test: venv lint tools
 # The fast tier: no services, nothing slow (pytest markers `stack` and `slow`), about a minute.
 test-fast: venv tools
 	$(BIN)/python -m pytest -m "not stack and not slow" -q $(PYTEST_ARGS)
+
+# The fault tier alone: outages injected into real services, each test with its own time budget
+# (pytest.mark.timeout). `make test` runs these too.
+test-faults: venv tools
+	$(BIN)/python -m pytest -m fault -q $(PYTEST_ARGS)
 
 # Benchmarks of the service on the embedded stack: figures printed and written to
 # benchmarks/results/ (never part of `make test`'s pass/fail).

@@ -1,8 +1,9 @@
-"""Admission at the edge: idempotent submission and rate limits, with Temporal as the only state.
+"""Admission at the edge: idempotent submission and rate limits.
 
-Several API replicas enforce the same limits because the counts come from Temporal's
-visibility store (search attributes on every job), not from process memory; idempotency comes
-from the workflow id, derived from user + key, and Temporal's id-conflict policy.
+Idempotency comes from the workflow id, derived from user + key, and Temporal's id-conflict
+policy. Rate limits come from admission ledgers in the object store, changed by
+compare-and-swap (`videogen.quota`): strongly consistent, so a burst across several API
+replicas admits no more than the limit.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
-from datetime import UTC, datetime, timedelta
+import time
 
+import structlog
 from prometheus_client import Counter
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.client import WorkflowExecution as Execution
@@ -23,25 +24,17 @@ from api.errors import (
     ConflictError,
     InvalidRequestError,
     RateLimitedError,
-    UnavailableError,
 )
 from api.schemas import CreateVideoBody
 from videogen import contracts as c
-from videogen import visibility as vis
+from videogen import quota
 from videogen.settings import ApiKey, TierPolicy
 from videogen.storage import ObjectStore
 
+log = structlog.get_logger(__name__)
+
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_IDEMPOTENCY_KEY = 255
-# A concurrency limit frees up when a job ends, which nobody can predict: a polite hint.
-CONCURRENT_RETRY_AFTER_S = 15
-
-TRANSIENT = (
-    RPCStatusCode.RESOURCE_EXHAUSTED,
-    RPCStatusCode.UNAVAILABLE,
-    RPCStatusCode.DEADLINE_EXCEEDED,
-)
-
 RATE_LIMITED = Counter("videogen_rate_limited_total", "Submissions refused with 429", ["limit"])
 
 
@@ -107,72 +100,89 @@ def _deleted() -> ConflictError:
     )
 
 
-async def enforce_limits(client: Client, key: ApiKey, policy: TierPolicy) -> None:
-    """429 with Retry-After if a submission now would exceed one of the tier's limits."""
-    user = vis.eq(c.SA_USER, key.user)
-    tier = vis.eq(c.SA_TIER, key.tier)
-    since = datetime.now(UTC) - timedelta(minutes=1)
-    recent = f"StartTime > {vis.literal(since)}"
-    checks = [
-        (
-            "user_concurrent",
-            policy.user_concurrent,
-            vis.jobs(user, status="Running"),
-            f"{{n}} queued or running jobs for user {key.user!r}",
-        ),
-        (
-            "user_per_minute",
-            policy.user_per_minute,
-            vis.jobs(user, recent),
-            f"{{n}} submissions per minute for user {key.user!r}",
-        ),
-        (
-            "tier_concurrent",
-            policy.tier_concurrent,
-            vis.jobs(tier, status="Running"),
-            f"{{n}} queued or running jobs for tier {key.tier!r}",
-        ),
-        (
-            "tier_per_minute",
-            policy.tier_per_minute,
-            vis.jobs(tier, recent),
-            f"{{n}} submissions per minute for tier {key.tier!r}",
-        ),
+def quotas(key: ApiKey, policy: TierPolicy) -> list[quota.Quota]:
+    """The ledgers a submission by `key` counts in, with the tier's limits."""
+    return [
+        quota.Quota(quota.Scope.USER, key.user, policy.user_concurrent, policy.user_per_minute),
+        quota.Quota(quota.Scope.TIER, key.tier, policy.tier_concurrent, policy.tier_per_minute),
     ]
-    # All counts at once (one round trip of latency, not four), judged in the order above.
-    active = [check for check in checks if check[1]]
+
+
+async def admit(
+    client: Client, store: ObjectStore, key: ApiKey, policy: TierPolicy, job_id: str
+) -> None:
+    """Count the job against its user's and tier's limits (strongly consistent: see
+    videogen.quota), or raise 429 with Retry-After. A full concurrency limit is checked once
+    against Temporal for jobs that ended without releasing their place (terminated). With the
+    store down nothing can be counted: StoreUnavailable becomes a 503 (api.errors)."""
+    wanted = quotas(key, policy)
     try:
-        counts = await asyncio.gather(*(client.count_workflows(q) for _, _, q, _ in active))
-        for (name, limit, query, what), count in zip(active, counts, strict=True):
-            if count.count < limit:
-                continue
-            retry = (
-                await _per_minute_retry(client, query, since, count.count - limit)
-                if name.endswith("per_minute")
-                else CONCURRENT_RETRY_AFTER_S
-            )
-            RATE_LIMITED.labels(limit=name).inc()
-            raise RateLimitedError(
-                f"rate limit reached: {what.format(n=limit)} (tier {key.tier!r}, limit "
-                f"{name}); retry after {retry} s",
-                code=name,
-                retry_after_s=retry,
-            )
+        try:
+            await asyncio.to_thread(quota.admit, store, job_id, wanted, time.time())
+        except quota.Refused as refused:
+            if not refused.concurrent or not await _reclaim(client, store, refused.quota):
+                raise
+            await asyncio.to_thread(quota.admit, store, job_id, wanted, time.time())
+    except quota.Refused as refused:
+        raise _rate_limited(refused, key) from None
+
+
+async def give_back(store: ObjectStore, key: ApiKey, policy: TierPolicy, job_id: str) -> None:
+    """Undo `admit` for a job whose start definitely did not happen."""
+    for q in quotas(key, policy):
+        if q.limited:
+            await asyncio.to_thread(quota.forget, store, q, {job_id}, from_recent=True)
+
+
+def _rate_limited(refused: quota.Refused, key: ApiKey) -> RateLimitedError:
+    what = {
+        quota.Limit.USER_CONCURRENT: f"{{n}} queued or running jobs for user {key.user!r}",
+        quota.Limit.USER_PER_MINUTE: f"{{n}} submissions per minute for user {key.user!r}",
+        quota.Limit.TIER_CONCURRENT: f"{{n}} queued or running jobs for tier {key.tier!r}",
+        quota.Limit.TIER_PER_MINUTE: f"{{n}} submissions per minute for tier {key.tier!r}",
+    }[refused.limit].format(n=refused.value)
+    RATE_LIMITED.labels(limit=refused.limit).inc()
+    return RateLimitedError(
+        f"rate limit reached: {what} (tier {key.tier!r}, limit {refused.limit}); "
+        f"retry after {refused.retry_after_s} s",
+        code=refused.limit,
+        retry_after_s=refused.retry_after_s,
+    )
+
+
+# A job admitted this recently may still be starting: not finding it proves nothing yet.
+START_GRACE_S = 15.0
+# One reclaim per ledger at a time in this process: a burst against a full limit asks
+# Temporal once, not once per refused request.
+_reclaiming: dict[str, asyncio.Lock] = {}
+
+
+async def _reclaim(client: Client, store: ObjectStore, q: quota.Quota) -> bool:
+    """Forget the ledger's jobs that Temporal says are closed (or that never started); True if
+    any place was freed."""
+    lock = _reclaiming.setdefault(quota.ledger_key(q.scope, q.name), asyncio.Lock())
+    if lock.locked():
+        async with lock:  # another request is reclaiming: its result is ours
+            return True
+    async with lock:
+        entries = await asyncio.to_thread(quota.active, store, q)
+        gone = await asyncio.gather(
+            *(_closed(client, job_id, admitted) for job_id, admitted in entries.items())
+        )
+        closed = {job_id for job_id, is_gone in zip(entries, gone, strict=True) if is_gone}
+        if closed:
+            log.info("admission: reclaimed places of closed jobs", scope=q.scope, jobs=len(closed))
+            await asyncio.to_thread(quota.forget, store, q, closed, from_recent=False)
+    if not lock.locked():  # nobody waits on it: don't keep a lock per user forever
+        _reclaiming.pop(quota.ledger_key(q.scope, q.name), None)
+    return bool(closed)
+
+
+async def _closed(client: Client, job_id: str, admitted_at: float) -> bool:
+    try:
+        desc = await client.get_workflow_handle(job_id).describe()
     except RPCError as err:
-        if err.status in TRANSIENT:  # the client should retry, not see a 500
-            raise UnavailableError(
-                f"cannot check rate limits right now ({err.message}); retry shortly",
-                code="service_unavailable",
-                retry_after_s=2,
-            ) from None
-        raise
-
-
-async def _per_minute_retry(client: Client, query: str, since: datetime, over: int) -> int:
-    """Seconds until enough submissions have left the window for one more (`over` is how many
-    the window holds beyond the limit: visibility lag can let a few through)."""
-    starts = sorted([ex.start_time async for ex in client.list_workflows(query, limit=1000)])
-    if not starts:
-        return 1
-    leaving = starts[min(max(over, 0), len(starts) - 1)]
-    return max(1, math.ceil((leaving - since).total_seconds()))
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return time.time() - admitted_at > START_GRACE_S
+        return False  # cannot tell: keep counting it
+    return desc.status != WorkflowExecutionStatus.RUNNING

@@ -1,15 +1,20 @@
 """The FastAPI application factory: `create_app(settings)`.
 
 Stateless: any number of replicas can run behind a load balancer; all job state is in Temporal
-and all bytes are in the object store.
+and all bytes are in the object store. `ApiServer` runs it (`videogen api`) and ends open event
+streams at once on SIGTERM, so a rollout does not wait out the grace period.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
@@ -19,7 +24,7 @@ from api.routers import admin, events, files, health, videos, webhooks
 from videogen import tracing
 from videogen.settings import Settings
 from videogen.storage import open_store
-from videogen.temporal import connect
+from videogen.temporal import connect_api
 
 REQUESTS = Counter("videogen_api_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("videogen_api_request_seconds", "HTTP request latency", ["method", "route"])
@@ -33,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.store = open_store(settings.resolved_storage_url)
-        app.state.client = await connect(wait_s=30)
+        # Lazy: the API starts while Temporal is down and answers 503 until it is back.
+        app.state.client = await connect_api()
         app.state.fleet = FleetCache(settings.fleet_cache_s)
         yield
 
@@ -43,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # Set when the server is told to stop (ApiServer): event streams end, readiness says 503.
+    app.state.draining = asyncio.Event()
     errors.install(app)
     app.include_router(videos.router)
     app.include_router(events.router)
@@ -65,3 +73,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     return app
+
+
+def draining(app: FastAPI) -> asyncio.Event:
+    """Set once the server is shutting down (see ApiServer)."""
+    event: asyncio.Event = app.state.draining
+    return event
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn's server that also tells the app when it is told to stop.
+
+    On SIGTERM uvicorn stops accepting, then waits for open connections to close before the
+    app's lifespan shutdown: an event stream of a queued job would hold it for as long as the
+    job waits. `handle_exit` sets `draining(app)`, which ends the streams with a retry hint;
+    `timeout_graceful_shutdown` (uvicorn.Config) bounds whatever else is still open.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # A signal handler interrupts the loop anywhere: hand the event over thread-safely.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(draining(self.app).set)

@@ -1,7 +1,9 @@
 """OpenAI-style error bodies: `{"error": {"message", "type", "param", "code"}}` with the right 4xx.
 
 Every error a client can cause maps to a 4xx that names the field and says how to fix it;
-only our own bugs become a 500, and even then the body has the same shape.
+a dependency that cannot answer right now (Temporal, the object store) is a 503 with
+`Retry-After`, decided here alone (`as_unavailable`); only our own bugs become a 500, and even
+then the body has the same shape.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
+
+from videogen.storage import StorageError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +80,57 @@ _SERVICE_STATUS: dict[type[ServiceError], int] = {
 }
 
 
+# Seconds a client is told to wait when a dependency is down: about one bounded retry of the
+# API's Temporal client (videogen.temporal.API_RETRY) or of an S3 call.
+RETRY_AFTER_S = 2
+
+# Temporal statuses a retry may fix. Measured with temporalio 1.35 against a dev server: a
+# stopped server answers UNAVAILABLE ("tcp connect error"); a hung one (SIGSTOP) ends in the
+# call's rpc_timeout as CANCELLED ("Timeout expired"). The server itself says DEADLINE_EXCEEDED
+# or RESOURCE_EXHAUSTED when it is overloaded.
+TRANSIENT_RPC = frozenset(
+    {
+        RPCStatusCode.UNAVAILABLE,
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.RESOURCE_EXHAUSTED,
+        RPCStatusCode.CANCELLED,
+    }
+)
+# What the lazy client (videogen.temporal.connect_api) raises while its first connection fails.
+_CONNECT_FAILED = "Failed client connect"
+
+
+def as_unavailable(exc: BaseException) -> UnavailableError | None:
+    """The 503 for a failure of Temporal or the object store that the same request may not meet
+    later; None for anything else (a bug, a permanent error: those stay 500)."""
+    if isinstance(exc, UnavailableError):
+        return exc
+    temporal_down = (isinstance(exc, RPCError) and exc.status in TRANSIENT_RPC) or (
+        isinstance(exc, RuntimeError) and str(exc).startswith(_CONNECT_FAILED)
+    )
+    if temporal_down:
+        return UnavailableError(
+            # A write cut off by its timeout may still have reached Temporal: do not claim it
+            # did not; a create retried with its Idempotency-Key never starts a second job.
+            f"the job service (Temporal) is not answering ({_short(exc)}); retry in "
+            f"{RETRY_AFTER_S} s (a POST with the same Idempotency-Key never starts a second job)",
+            code="temporal_unavailable",
+            retry_after_s=RETRY_AFTER_S,
+        )
+    if isinstance(exc, StoreUnavailable):
+        return UnavailableError(
+            f"the object store is not answering ({_short(exc)}); retry in {RETRY_AFTER_S} s",
+            code="storage_unavailable",
+            retry_after_s=RETRY_AFTER_S,
+        )
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = exc.message if isinstance(exc, RPCError) else str(exc)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def service_status(err: ServiceError) -> int:
     return next(status for kind, status in _SERVICE_STATUS.items() if isinstance(err, kind))
 
@@ -134,13 +190,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        status = service_status(exc)
-        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        return JSONResponse(
-            error_body(status, exc.message, exc.param, exc.code),
-            status_code=status,
-            headers=headers,
-        )
+        return service_response(exc)
+
+    async def _dependency(request: Request, exc: Exception) -> JSONResponse:
+        unavailable = as_unavailable(exc)
+        if unavailable is None:
+            return _internal_error(request, exc)
+        log.warning("dependency unavailable", path=request.url.path, error=unavailable.message)
+        return service_response(unavailable)
+
+    # Where a dependency's failures surface: Temporal's RPCError (and the lazy client's
+    # RuntimeError), the store's StorageError. Anything else of these kinds is still a 500.
+    for kind in (RPCError, RuntimeError, StorageError):
+        app.add_exception_handler(kind, _dependency)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -160,7 +222,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", path=request.url.path)
-        return JSONResponse(
-            error_body(500, "internal error; the request was not applied"), status_code=500
-        )
+        return _internal_error(request, exc)
+
+
+def service_response(exc: ServiceError) -> JSONResponse:
+    status = service_status(exc)
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    return JSONResponse(
+        error_body(status, exc.message, exc.param, exc.code), status_code=status, headers=headers
+    )
+
+
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", path=request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body(500, "internal error; the request was not applied"), status_code=500
+    )

@@ -39,6 +39,7 @@ from api import queue
 from videogen import contracts as c
 from videogen import visibility as vis
 from videogen.settings import Settings
+from videogen.temporal import API_RPC_TIMEOUT
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +128,8 @@ async def _queue(
             task_queue=TaskQueue(name=name),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             report_stats=True,
-        )
+        ),
+        timeout=API_RPC_TIMEOUT,
     )
     by_priority = {
         int(k): int(v.approximate_backlog_count) for k, v in resp.stats_by_priority_key.items()

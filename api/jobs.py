@@ -35,6 +35,7 @@ from videogen import contracts as c
 from videogen import visibility as vis
 from videogen.settings import DEFAULT_TIERS, ApiKey, TierPolicy
 from videogen.storage import ObjectStore
+from videogen.temporal import API_RPC_TIMEOUT
 
 log = structlog.get_logger(__name__)
 
@@ -210,5 +211,7 @@ async def delete_execution(client: Client, ex: Execution) -> None:
         DeleteWorkflowExecutionRequest(
             namespace=client.namespace,
             workflow_execution=WorkflowExecution(workflow_id=ex.id, run_id=ex.run_id),
-        )
+        ),
+        # Direct service calls get no default timeout from the client (videogen.temporal).
+        timeout=API_RPC_TIMEOUT,
     )

@@ -7,6 +7,7 @@ estimated start (api.queue).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import structlog
@@ -27,7 +28,15 @@ from api.queue import queue_estimate
 from api.schemas import Video, VideoError
 from videogen import contracts as c
 
-QUERY_TIMEOUT = timedelta(seconds=5)
+# A worker that does not answer the status query in this long (none polling yet, say right
+# after Temporal restarted) leaves the read to visibility's status: every read answers within
+# about 2 s (docs/operations.md, "Health, outages and shutdown").
+QUERY_TIMEOUT = timedelta(seconds=2)
+# A closed job's result is one history read; the API's client bounds other calls likewise
+# (videogen.temporal.API_RPC_TIMEOUT), but not this one, which the SDK makes a long poll.
+RESULT_TIMEOUT = timedelta(seconds=1.5)
+# The queue estimate is optional: it never holds a read of a queued job for long.
+ESTIMATE_TIMEOUT_S = 1.5
 log = structlog.get_logger(__name__)
 
 
@@ -66,10 +75,11 @@ async def to_video(
             apply_state(video, state)
         if client is not None and video.status == c.Status.QUEUED:
             try:
-                video.queue_position, video.estimated_start_at = await queue_estimate(
-                    client, ex, memo.get("gpu_task_queue"), queue_tiers
+                video.queue_position, video.estimated_start_at = await asyncio.wait_for(
+                    queue_estimate(client, ex, memo.get("gpu_task_queue"), queue_tiers),
+                    ESTIMATE_TIMEOUT_S,
                 )
-            except RPCError as err:  # an estimate is optional: never fail the read for it
+            except (RPCError, TimeoutError) as err:  # optional: never fail the read for it
                 log.warning("queue estimate unavailable", job_id=ex.id, error=str(err))
     elif status == WorkflowExecutionStatus.COMPLETED:
         video.status, video.phase, video.progress = c.Status.COMPLETED, c.Phase.COMPLETED, 100
@@ -77,7 +87,7 @@ async def to_video(
             video.expires_at = int(ex.close_time.timestamp() + memo["retention_s"])
         video.step = video.total_steps
         if live:  # the result is in the history: one read, no worker needed
-            result: c.JobResult = await handle.result()
+            result: c.JobResult = await handle.result(rpc_timeout=RESULT_TIMEOUT)
             video.attempt = result.attempt
             video.resumed_from_step = result.resumed_from_step
             video.wasted_steps = result.wasted_steps
@@ -123,7 +133,7 @@ async def _failure(handle: WorkflowHandle, status: WorkflowExecutionStatus | Non
     if status == WorkflowExecutionStatus.TIMED_OUT:
         return VideoError(code="timed_out", message="the job ran past its time limit")
     try:
-        await handle.result()
+        await handle.result(rpc_timeout=RESULT_TIMEOUT)
     except WorkflowFailureError as err:
         cause = err.cause
         if isinstance(cause, ApplicationError):

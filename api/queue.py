@@ -19,6 +19,7 @@ from temporalio.service import RPCError
 
 from videogen import contracts as c
 from videogen import visibility as vis
+from videogen.temporal import API_RPC_TIMEOUT
 
 
 async def queue_estimate(
@@ -90,7 +91,8 @@ async def _pollers(client: Client, queue: str) -> int:
                 namespace=client.namespace,
                 task_queue=TaskQueue(name=queue),
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            )
+            ),
+            timeout=API_RPC_TIMEOUT,
         )
     except RPCError:
         return 1

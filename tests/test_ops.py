@@ -237,6 +237,12 @@ def test_kustomization_lists_every_manifest() -> None:
     assert listed == present - {"secret.example.yaml"}
 
 
+def _api_paths() -> set[str]:
+    from api.app import create_app
+
+    return set(create_app(Settings()).openapi()["paths"])
+
+
 def test_every_container_has_probes() -> None:
     deployments = k8s_objects("Deployment")
     assert {tuple(c["command"]) for d in deployments for c in containers(d)} == {
@@ -252,6 +258,8 @@ def test_every_container_has_probes() -> None:
                 if probe in c:
                     action = c[probe].get("httpGet") or c[probe].get("tcpSocket")
                     assert action["port"] in ports, (d["metadata"]["name"], probe)
+                    if "path" in action and c["command"][1] == "api":
+                        assert action["path"] in _api_paths(), (probe, action["path"])
             # Prometheus scrapes the port the process serves /metrics on.
             annotations = d["spec"]["template"]["metadata"]["annotations"]
             assert annotations["prometheus.io/scrape"] == "true"

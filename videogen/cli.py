@@ -231,23 +231,31 @@ def _settings() -> Settings:
     return Settings()
 
 
+# On SIGTERM the API ends its event streams at once (api.app.ApiServer); other requests get
+# this long to finish before they are cut, well inside a pod's 30 s grace period.
+API_SHUTDOWN_TIMEOUT_S = 8
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import ApiServer, create_app
     from videogen import logs, tracing
 
     logs.configure(service="api", worker_id=logs.worker_id())
     tracing.setup("videogen-api")
     settings = _settings()
+    app = create_app(settings)
     # log_config=None: uvicorn's loggers go through videogen's structured logging.
-    uvicorn.run(
-        create_app(settings),
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level="warning",
         log_config=None,
+        timeout_graceful_shutdown=API_SHUTDOWN_TIMEOUT_S,
     )
+    ApiServer(config, app).run()
     return 0
 
 

@@ -3,6 +3,10 @@
 `TEMPORAL_ADDRESS` (default 127.0.0.1:7233), `TEMPORAL_NAMESPACE` (default `default`),
 `TEMPORAL_API_KEY`, `TEMPORAL_TLS_*` and profiles in the standard TOML config file all apply, so
 nothing here changes between the embedded dev server and a production cluster.
+
+Workers keep the SDK's long retries (an outage of Temporal is waited out). The API's client
+(`connect_api`) fails fast instead: bounded retries and a default per-call timeout, so a request
+answers 503 within about 2 s (api/errors.py) rather than blocking while Temporal is away.
 """
 
 from __future__ import annotations
@@ -11,14 +15,46 @@ import asyncio
 import contextlib
 import signal
 import time
+from datetime import timedelta
+from typing import Any, Protocol, TypeVar
 
-from temporalio.client import Client
+from temporalio.client import (
+    CancelWorkflowInput,
+    Client,
+    CountWorkflowsInput,
+    DescribeWorkflowInput,
+    FetchWorkflowHistoryEventsInput,
+    Interceptor,
+    ListWorkflowsInput,
+    OutboundInterceptor,
+    QueryWorkflowInput,
+    SignalWorkflowInput,
+    StartWorkflowInput,
+    TerminateWorkflowInput,
+    WorkflowExecutionAsyncIterator,
+    WorkflowExecutionCount,
+    WorkflowExecutionDescription,
+    WorkflowHandle,
+    WorkflowHistoryEventAsyncIterator,
+)
 from temporalio.envconfig import ClientConfig
+from temporalio.service import RetryConfig
 from temporalio.worker import Worker
 
 from videogen import sdk_metrics, tracing
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+# The API's budget per Temporal call. A dead server answers UNAVAILABLE at once and is retried
+# for at most API_RETRY's 1 s (measured: 1.2-1.4 s in all, against 9 s with the SDK's default
+# 10 s budget); a server that accepts but does not answer is cut off by API_RPC_TIMEOUT.
+API_RETRY = RetryConfig(
+    initial_interval_millis=100,
+    max_interval_millis=400,
+    max_elapsed_time_millis=1000,
+    max_retries=8,
+)
+API_RPC_TIMEOUT = timedelta(seconds=1.5)
 
 
 def connect_config() -> dict[str, object]:
@@ -48,6 +84,82 @@ async def connect(*, wait_s: float = 0.0) -> Client:
                     "running? (`videogen up` starts one; set TEMPORAL_ADDRESS for another)"
                 ) from err
             await asyncio.sleep(0.25)
+
+
+async def connect_api() -> Client:
+    """The API's client: lazy, bounded retries, a default timeout on every call.
+
+    Lazy, so the API starts (and its readiness says why it is not ready) while Temporal is down;
+    the client connects on its first call and reconnects by itself after an outage (measured on
+    a dev server stopped and started again on the same port).
+    """
+    config = connect_config()
+    config["runtime"] = sdk_metrics.runtime()
+    config["interceptors"] = [*tracing.interceptors(), DefaultRpcTimeout(API_RPC_TIMEOUT)]
+    config["retry_config"] = API_RETRY
+    config["lazy"] = True
+    return await Client.connect(**config)  # type: ignore[arg-type]
+
+
+class _TimedInput(Protocol):
+    rpc_timeout: timedelta | None
+
+
+_In = TypeVar("_In", bound=_TimedInput)
+
+
+class DefaultRpcTimeout(Interceptor):
+    """Give every workflow call that sets no `rpc_timeout` this one (a call that sets its own,
+    such as the status query, keeps it). Long polls (waiting for a running workflow's result)
+    are left alone: the API never waits on them."""
+
+    def __init__(self, timeout: timedelta) -> None:
+        self.timeout = timeout
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _DefaultRpcTimeoutOutbound(next, self.timeout)
+
+
+class _DefaultRpcTimeoutOutbound(OutboundInterceptor):
+    def __init__(self, next: OutboundInterceptor, timeout: timedelta) -> None:
+        super().__init__(next)
+        self._timeout = timeout
+
+    def _bound(self, input: _In) -> _In:
+        if input.rpc_timeout is None:
+            input.rpc_timeout = self._timeout
+        return input
+
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        return await self.next.start_workflow(self._bound(input))
+
+    async def cancel_workflow(self, input: CancelWorkflowInput) -> None:
+        await self.next.cancel_workflow(self._bound(input))
+
+    async def describe_workflow(self, input: DescribeWorkflowInput) -> WorkflowExecutionDescription:
+        return await self.next.describe_workflow(self._bound(input))
+
+    def fetch_workflow_history_events(
+        self, input: FetchWorkflowHistoryEventsInput
+    ) -> WorkflowHistoryEventAsyncIterator:
+        if not input.wait_new_event:
+            self._bound(input)
+        return self.next.fetch_workflow_history_events(input)
+
+    def list_workflows(self, input: ListWorkflowsInput) -> WorkflowExecutionAsyncIterator:
+        return self.next.list_workflows(self._bound(input))
+
+    async def count_workflows(self, input: CountWorkflowsInput) -> WorkflowExecutionCount:
+        return await self.next.count_workflows(self._bound(input))
+
+    async def query_workflow(self, input: QueryWorkflowInput) -> Any:
+        return await self.next.query_workflow(self._bound(input))
+
+    async def signal_workflow(self, input: SignalWorkflowInput) -> None:
+        await self.next.signal_workflow(self._bound(input))
+
+    async def terminate_workflow(self, input: TerminateWorkflowInput) -> None:
+        await self.next.terminate_workflow(self._bound(input))
 
 
 async def run_until_stopped(worker: Worker, stop: asyncio.Event | None = None) -> None:

@@ -3,6 +3,10 @@
 The signature is the authorisation: whoever holds the URL may fetch that one object until
 `expires`. A tampered or expired URL is a 403. On s3:// the API hands out S3 presigned URLs
 instead and this route is not involved.
+
+`stream` (also behind `GET /v1/videos/{id}/content`) reads the object's size and first chunk
+before the response starts, so a store that is down is a 503 (api/errors.py); a failure after
+that can only cut the transfer short, as the headers are out.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import SettingsDep, StoreDep
 from api.errors import ApiError, NotFoundError
@@ -46,14 +52,23 @@ async def stream(store: ObjectStore, video_id: str, variant: str, obj: str) -> S
             code="content_gone",
         ) from None
     ext = name.rsplit(".", 1)[-1]
+    # Off the event loop: opening an S3 object is a request, and so may be the first read.
+    chunks = await asyncio.to_thread(store.iter_chunks, obj)
+    first = await asyncio.to_thread(next, chunks, b"")
     return StreamingResponse(
-        store.iter_chunks(obj),
+        _body(first, chunks),
         media_type=media_type,
         headers={
             "Content-Length": str(size),
             "Content-Disposition": f'attachment; filename="{video_id}.{ext}"',
         },
     )
+
+
+async def _body(first: bytes, rest: Iterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in iterate_in_threadpool(rest):
+        yield chunk
 
 
 @router.get("/{video_id}/{variant}")

@@ -22,7 +22,14 @@ from temporalio.service import RPCError
 
 from api import admission, jobs, presenter
 from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
-from api.errors import ApiError, ConflictError, NotFoundError, validation_error
+from api.errors import (
+    TRANSIENT_RPC,
+    ApiError,
+    ConflictError,
+    NotFoundError,
+    RateLimitedError,
+    validation_error,
+)
 from api.routers import files
 from api.schemas import ContentURL, CreateVideoBody, Video, VideoDeleted, VideoList
 from videogen import contracts as c
@@ -185,25 +192,52 @@ async def create_video(
             return await presenter.to_video(*found, live=False)
     policy = settings.tiers[key.tier]
     try:
-        await admission.enforce_limits(client, key, policy)
-    except ApiError as err:
-        # A concurrent request with the same key may just have started the job (and so made
-        # the count): that job is this request's answer, not a 429.
-        if err.status == 429 and idem is not None:
+        await admission.admit(client, store, key, policy, req.job_id)
+    except RateLimitedError:
+        # A concurrent request with the same key may just have started the job (and so taken
+        # the place): that job is this request's answer, not a 429.
+        if idem is not None:
             found = await admission.existing(client, store, req.job_id, key, fingerprint)
             if found is not None:
                 response.headers["Idempotent-Replayed"] = "true"
                 return await presenter.to_video(*found, live=False)
         raise
-    await jobs.start(client, req, key, policy, fingerprint=fingerprint, idempotent=idem is not None)
+    try:
+        await jobs.start(
+            client, req, key, policy, fingerprint=fingerprint, idempotent=idem is not None
+        )
+    except RPCError as err:
+        # Refused outright (not a timeout that may have started it): give the place back. An
+        # uncertain start keeps it until the ledger is next full (admission._reclaim).
+        if err.status not in TRANSIENT_RPC:
+            await admission.give_back(store, key, policy, req.job_id)
+        raise
     JOBS_SUBMITTED.labels(tier=key.tier, model=req.model).inc()
     if idem is not None:
         # A concurrent request with this key may have won the start: same checks as a replay.
         found = await admission.existing(client, store, req.job_id, key, fingerprint)
         if found is not None:
             return await presenter.to_video(*found, live=False)
-    handle, ex = await jobs.owned_handle(client, store, req.job_id, key)
-    return await presenter.to_video(handle, ex, live=False)
+    return _just_started(req)
+
+
+def _just_started(req: c.VideoRequest) -> Video:
+    """The Video object of the job this request has just started, as a read of it would show
+    it now, without the read: one Temporal round trip less per submission. `created_at` is
+    this replica's clock, the workflow's start time is the server's."""
+    return Video(
+        id=req.job_id,
+        status=c.Status.QUEUED,
+        created_at=int(time.time()),
+        model=req.model,
+        prompt=req.prompt,
+        seconds=str(req.seconds),
+        size=f"{req.width}x{req.height}",
+        seed=req.seed,
+        negative_prompt=req.negative_prompt,
+        metadata=req.metadata,
+        total_steps=req.num_inference_steps,
+    )
 
 
 @router.get("", response_model=VideoList)
