@@ -61,9 +61,11 @@ def test_per_minute_window_slides(store: FileStore) -> None:
         quota.release(store, f"video_{i}", "alice", "")  # ended: still counts this minute
     refused = _refusal(store, q, "video_x", T0 + 30)
     assert refused.limit == Limit.USER_PER_MINUTE
-    assert refused.retry_after_s == 30  # when the submission at T0 leaves the window
-    quota.admit(store, "video_x", q, T0 + 60.5)
-    assert _refusal(store, q, "video_y", T0 + 61).retry_after_s == 9
+    # When the submission at T0 has left the window, counted in whole seconds (rounded up).
+    assert refused.retry_after_s == 31
+    _refusal(store, q, "video_x", T0 + 60.5)
+    quota.admit(store, "video_x", q, T0 + 61)
+    assert _refusal(store, q, "video_y", T0 + 61.5).retry_after_s == 10
 
 
 def test_a_refusal_by_the_tier_gives_the_user_place_back(store: FileStore) -> None:

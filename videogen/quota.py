@@ -10,8 +10,8 @@ admit at once, each sees the previous admission, so none admits past the limit.
 A ledger (`admission/{scope}/{sha256 of the name}.json`):
 
     {"scope": "user", "name": "alice",
-     "active": {"video_1f..": 1764547200.5},   # queued or running jobs, by admission time
-     "recent": {"video_1f..": 1764547200.5}}   # admissions of the last minute
+     "active": {"video_1f..": 1764547200},     # queued or running jobs, by admission time
+     "recent": {"1764547200": 3}}              # admissions of the last minute, per second
 
 The life of an entry:
 
@@ -19,7 +19,7 @@ The life of an entry:
   `Refused` naming the limit. Concurrent retries of one request (one Idempotency-Key, so one
   job id) take one place, not several.
 * `release` takes the job out of `active` when it ends: the job's cleanup activity calls it on
-  every ending (completed, failed, cancelled). `recent` entries age out after a minute.
+  every ending (completed, failed, cancelled). Its second in `recent` ages out after a minute.
 * A job that ended without its cleanup (terminated by an operator) or never started (its start
   failed after the admission) leaves a stale entry. When a ledger is full, the API asks Temporal
   about its active jobs and `forget`s those that are closed (`api.admission`).
@@ -98,45 +98,66 @@ def ledger_key(scope: Scope, name: str) -> str:
 class Ledger:
     scope: str
     name: str
-    active: dict[str, float]
-    recent: dict[str, float]
+    # Queued or running jobs, by admission time in whole seconds (ints encode fast).
+    active: dict[str, int]
+    # Admissions per whole second, as JSON keys: a count over the minute costs 60 entries at
+    # most, however busy the tier. An admission counts until a second after its exact expiry.
+    recent: dict[str, int]
 
     @classmethod
     def load(cls, raw: bytes | None, quota: Quota) -> Ledger:
         data = json.loads(raw) if raw else {}
-        return cls(
-            scope=quota.scope,
-            name=quota.name,
-            active={k: float(v) for k, v in data.get("active", {}).items()},
-            recent={k: float(v) for k, v in data.get("recent", {}).items()},
-        )
+        return cls(quota.scope, quota.name, data.get("active", {}), data.get("recent", {}))
 
     def dump(self) -> bytes:
-        return json.dumps(
-            {"scope": self.scope, "name": self.name, "active": self.active, "recent": self.recent},
-            sort_keys=True,
-        ).encode()
+        data = {
+            "scope": self.scope,
+            "name": self.name,
+            "active": self.active,
+            "recent": self.recent,
+        }
+        return json.dumps(data, separators=(",", ":")).encode()
 
     def prune(self, now: float) -> None:
-        self.recent = {k: t for k, t in self.recent.items() if t > now - WINDOW_S}
+        self.recent = {s: n for s, n in self.recent.items() if int(s) + WINDOW_S + 1 > now}
+
+    def submissions(self) -> int:
+        return sum(self.recent.values())
+
+    def retry_after(self, per_minute: int, now: float) -> int:
+        """Seconds until enough of the minute's admissions have left for one more."""
+        over, left = self.submissions() - per_minute + 1, 0
+        for second in sorted(self.recent, key=int):
+            left += self.recent[second]
+            if left >= over:
+                return max(1, math.ceil(int(second) + WINDOW_S + 1 - now))
+        return 1
+
+    def add(self, job_id: str, now: float) -> None:
+        self.active[job_id] = int(now)
+        second = str(int(now))
+        self.recent[second] = self.recent.get(second, 0) + 1
+
+    def remove(self, job_id: str, *, from_recent: bool) -> None:
+        admitted = self.active.pop(job_id)
+        second = str(int(admitted))
+        if from_recent and self.recent.get(second, 0) > 0:
+            self.recent[second] -= 1
 
 
 def _take(quota: Quota, job_id: str, now: float) -> Change:
     def change(raw: bytes | None) -> bytes | None:
         ledger = Ledger.load(raw, quota)
-        if job_id in ledger.active or job_id in ledger.recent:
+        if job_id in ledger.active:
             return None  # a concurrent retry of the same request: already admitted
         ledger.prune(now)
         if quota.concurrent and len(ledger.active) >= quota.concurrent:
             limit = Limit(f"{quota.scope}_concurrent")
             raise Refused(quota, limit, quota.concurrent, CONCURRENT_RETRY_AFTER_S)
-        if quota.per_minute and len(ledger.recent) >= quota.per_minute:
-            # When enough admissions have left the window for one more.
-            leaving = sorted(ledger.recent.values())[len(ledger.recent) - quota.per_minute]
-            retry = max(1, math.ceil(leaving + WINDOW_S - now))
+        if quota.per_minute and ledger.submissions() >= quota.per_minute:
+            retry = ledger.retry_after(quota.per_minute, now)
             raise Refused(quota, Limit(f"{quota.scope}_per_minute"), quota.per_minute, retry)
-        ledger.active[job_id] = now
-        ledger.recent[job_id] = now
+        ledger.add(job_id, now)
         return ledger.dump()
 
     return change
@@ -147,13 +168,11 @@ def _drop(quota: Quota, job_ids: set[str], *, from_recent: bool) -> Change:
         if raw is None:
             return None
         ledger = Ledger.load(raw, quota)
-        hit = job_ids & (ledger.active.keys() | (ledger.recent.keys() if from_recent else set()))
+        hit = job_ids & ledger.active.keys()
         if not hit:
             return None
         for job_id in hit:
-            ledger.active.pop(job_id, None)
-            if from_recent:
-                ledger.recent.pop(job_id, None)
+            ledger.remove(job_id, from_recent=from_recent)
         return ledger.dump()
 
     return change
@@ -191,8 +210,8 @@ def forget(store: ObjectStore, quota: Quota, job_ids: set[str], *, from_recent: 
     )
 
 
-def active(store: ObjectStore, quota: Quota) -> dict[str, float]:
-    """The ledger's active jobs and their admission times (a snapshot)."""
+def active(store: ObjectStore, quota: Quota) -> dict[str, int]:
+    """The ledger's active jobs and their admission times, whole seconds (a snapshot)."""
     try:
         raw: bytes | None = store.get(ledger_key(quota.scope, quota.name))
     except NotFound:

@@ -194,6 +194,10 @@ class ObjectStore(Protocol):
         bytes, or None to leave the object as it is. It may be called more than once (after
         losing a race), so it must not have side effects. An exception from it propagates and
         nothing is written. Small objects only: counters, ledgers.
+
+        Atomic for readers, as every write; but a FileStore does not fsync it (two fsyncs
+        were most of an admission's cost): a power loss may lose the last updates. S3 keeps
+        every acknowledged update.
         """
         ...
 
@@ -320,7 +324,7 @@ class FileStore(ObjectStore):
                 raise StorageError(f"cannot read {key!r} in {self.describe()}: {e}") from e
             new = change(current)
             if new is not None:
-                self._write_atomic(key, path, lambda f: f.write(new), if_absent=False)
+                self._write_atomic(key, path, lambda f: f.write(new), if_absent=False, sync=False)
 
     @contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
@@ -337,7 +341,13 @@ class FileStore(ObjectStore):
             os.close(fd)  # closing releases the lock
 
     def _write_atomic(
-        self, key: str, path: str, write: Callable[[IO[bytes]], object], *, if_absent: bool
+        self,
+        key: str,
+        path: str,
+        write: Callable[[IO[bytes]], object],
+        *,
+        if_absent: bool,
+        sync: bool = True,
     ) -> None:
         directory = os.path.dirname(path)
         fd, created = self._create_temp(key, directory)
@@ -348,7 +358,8 @@ class FileStore(ObjectStore):
                 f.flush()
                 # Data must be on disk before the rename publishes it, or a power loss could
                 # leave a complete-looking name pointing at empty/garbage blocks.
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             try:
                 if if_absent:
                     # link() fails if the name exists: an atomic create-only publish.
@@ -364,7 +375,8 @@ class FileStore(ObjectStore):
                 ) from e
             if not if_absent:
                 tmp = None  # renamed away; nothing to clean up
-            _fsync_dir(directory)  # make the rename itself durable
+            if sync:
+                _fsync_dir(directory)  # make the rename itself durable
         except OSError as e:
             raise StorageError(f"cannot write {key!r} in {self.describe()}: {e}") from e
         finally:
