@@ -696,3 +696,118 @@ def find_resume_point(
             state=state, ref=ref, source=source, warnings=warnings, skipped=skipped
         ), skipped
     return None, skipped
+
+
+def newest_listed_step(store: ObjectStore, job_id: str) -> int:
+    """The highest step any attempt of the job checkpointed (0 if none): a lower bound of how far
+    an earlier attempt got when its heartbeats did not reach the server (Temporal unreachable)."""
+    steps = (c.parse_checkpoint_key(k) for k in store.list(c.checkpoints_prefix(job_id)))
+    return max((p[1] for p in steps if p is not None), default=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Published frames: found and reused by a retry whose predecessor's completion was lost
+
+FRAMES_MANIFEST_VERSION = 1
+
+
+@dataclass
+class PublishedFrames:
+    """Frames an earlier attempt of the job stored, verified: same job, parameters, model."""
+
+    data: bytes
+    sha256: str
+    key: str
+    attempt: int
+    wasted_steps: int  # the job's wasted steps as that attempt counted them
+
+
+def frames_manifest(
+    model: LoadedModel,
+    params: GenerationParams,
+    *,
+    job_id: str,
+    attempt: int,
+    frames_key: str,
+    frames_sha256: str,
+    wasted_steps: int,
+) -> bytes:
+    """The JSON written after an attempt's frames (`contracts.frames_manifest_key`)."""
+    return json.dumps(
+        {
+            "version": FRAMES_MANIFEST_VERSION,
+            "job_id": job_id,
+            "attempt": attempt,
+            "frames_key": frames_key,
+            "frames_sha256": frames_sha256,
+            "params": _params_dict(params),
+            "model": model.spec.name,
+            "weights_hash": model.weights_hash,
+            "wasted_steps": wasted_steps,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def find_published_frames(
+    store: ObjectStore,
+    model: LoadedModel,
+    params: GenerationParams,
+    *,
+    job_id: str,
+    before_attempt: int,
+) -> tuple[PublishedFrames | None, list[str], bool]:
+    """The newest earlier attempt's frames that are complete and this request's, checked by
+    their manifest (job, parameters, model and weights) and by the frames' own sha256; the
+    reasons others were skipped; and whether any earlier attempt finished this request's
+    denoise (its manifest matches, even if its frames are unusable: those steps count as done).
+    Raises the store's error if it cannot be read."""
+    # Imported here: media pulls in PyAV, which the rest of this module does not need.
+    from activities.media import frames_from_bytes, frames_sha256
+
+    attempts = sorted(
+        (a for k in store.list(c.frames_prefix(job_id)) if (a := c.parse_frames_manifest_key(k))),
+        reverse=True,
+    )
+    want = {
+        "version": FRAMES_MANIFEST_VERSION,
+        "job_id": job_id,
+        "params": _params_dict(params),
+        "model": model.spec.name,
+        "weights_hash": model.weights_hash,
+    }
+    skipped: list[str] = []
+    finished = False
+    for attempt in (a for a in attempts if a < before_attempt):
+        key = c.frames_manifest_key(job_id, attempt)
+        try:
+            manifest = json.loads(store.get(key))
+            mismatch = [k for k, v in want.items() if manifest.get(k) != v]
+            if mismatch:
+                skipped.append(f"{key}: other {', '.join(mismatch)}")
+                continue
+            finished = True
+            data = store.get(str(manifest["frames_key"]))
+            digest = frames_sha256(frames_from_bytes(data))
+        except NotFound:
+            skipped.append(f"{key}: frames missing")
+            continue
+        except (ValueError, KeyError, TypeError) as err:  # damaged manifest or frames
+            skipped.append(f"{key}: {type(err).__name__}: {err}")
+            continue
+        if digest != manifest.get("frames_sha256"):
+            skipped.append(f"{key}: frames hash to {digest[:12]}…, not the manifest's")
+            continue
+        wasted = manifest.get("wasted_steps")
+        return (
+            PublishedFrames(
+                data=data,
+                sha256=digest,
+                key=str(manifest["frames_key"]),
+                attempt=attempt,
+                wasted_steps=wasted if isinstance(wasted, int) and wasted >= 0 else 0,
+            ),
+            skipped,
+            True,
+        )
+    return None, skipped, finished

@@ -16,6 +16,14 @@ Checkpoint/resume (docs/checkpoints.md):
   retry starts at once elsewhere and loses no step;
 - NaN/Inf (`PoisonedStateError`) is never checkpointed: the attempt fails retryably and the
   worker is told to exit (`on_poisoned`) so it restarts with a freshly loaded model.
+
+Outages (docs/checkpoints.md, "What happens on each kind of failure"):
+- the frames go to the store with a manifest (job, parameters, weights, sha256); a retry whose
+  predecessor stored them but could not report it (Temporal unreachable) verifies and reuses
+  them instead of denoising again;
+- an unreachable object store fails no attempt: checkpoints that cannot be written are
+  skipped, and finished frames are kept in memory and their upload retried with backoff,
+  heartbeating, for up to `upload_retry_s`.
 """
 
 from __future__ import annotations
@@ -32,7 +40,11 @@ import structlog
 import torch
 from temporalio import activity
 from temporalio.api.enums.v1 import TimeoutType
-from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.client import (
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.exceptions import ApplicationError
 
 from activities import checkpoint, pipeline
@@ -40,7 +52,7 @@ from activities.checkpoint import CheckpointPolicy, CheckpointRef, CheckpointWri
 from activities.media import frames_sha256, frames_to_bytes
 from videogen import contracts as c
 from videogen import metrics
-from videogen.storage import ObjectStore
+from videogen.storage import ObjectStore, StorageError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -53,6 +65,16 @@ MAX_POISONED_ATTEMPTS = 3
 # Delay before the retry of a gracefully preempted attempt: it has a fresh checkpoint and
 # another worker may be idle, so there is no reason for the retry policy's backoff.
 PREEMPTED_RETRY_DELAY = timedelta(milliseconds=100)
+# Finished frames that cannot be stored (object store unreachable) are kept in memory and their
+# upload retried with exponential backoff for this long, heartbeating, before the attempt
+# fails: recomputing them costs the whole denoise, waiting costs a held GPU.
+UPLOAD_RETRY_S = 15 * 60.0
+UPLOAD_BACKOFF_S = 0.5
+UPLOAD_MAX_BACKOFF_S = 10.0
+# How long the activity waits for Temporal to describe its own workflow (unreachable: unknown).
+DESCRIBE_TIMEOUT_S = 3.0
+# How often the activity heartbeats while it waits on the store outside the denoising loop.
+WAIT_HEARTBEAT_S = 1.0
 
 
 class _Stopped(Exception):
@@ -108,6 +130,8 @@ class DiffusionActivities:
         checkpoint_backoff_s: float = 0.5,
         on_poisoned: Callable[[], None] | None = None,
         region: str = "",
+        upload_retry_s: float = UPLOAD_RETRY_S,
+        upload_backoff_s: float = UPLOAD_BACKOFF_S,
     ) -> None:
         self._model = model
         self._store = store
@@ -116,6 +140,8 @@ class DiffusionActivities:
         self._backoff_s = checkpoint_backoff_s
         self._on_poisoned = on_poisoned
         self._region = region
+        self._upload_retry_s = upload_retry_s
+        self._upload_backoff_s = upload_backoff_s
         # When this worker could take jobs (set by the worker once it polls): a job scheduled
         # before that waited for a cold start.
         self.ready_at: datetime | None = None
@@ -134,15 +160,18 @@ class DiffusionActivities:
         started = time.monotonic()
         work = asyncio.ensure_future(asyncio.to_thread(self._work, run, params, logger))
         try:
-            result = await self._supervise(req, run, work, logger)
-            key, digest = await self._publish(req, run, result, logger)
+            result = await self._supervise(req, params, run, work, logger)
+            key, digest = await self._publish(req, params, run, result, logger)
         finally:
             # Whatever ended the attempt, the GPU and the writer are idle before it is reported.
             if not work.done():
                 run.cancel.set()
                 await _wait_uninterrupted(work)
-            await _uninterruptible(asyncio.to_thread(run.writer.drain))
+            await _heartbeating(asyncio.to_thread(run.writer.drain), run)
             run.writer.close()
+            # One line per attempt, however it ended: a job's steps computed twice are the sum
+            # of these over its attempts minus its steps.
+            logger.info("attempt ended", steps_computed=run.computed, reused_frames=run.reused_from)
         elapsed = time.monotonic() - started
         metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
         logger.info(
@@ -152,6 +181,8 @@ class DiffusionActivities:
             frames_sha256=digest,
             resumed_from_step=run.progress.resumed_from,
             wasted_steps=run.progress.wasted,
+            steps_computed=run.computed,
+            reused_frames=run.reused_from,
             checkpoints=run.writer.stats.written,
             checkpoint_failures=run.writer.stats.failed,
         )
@@ -236,6 +267,7 @@ class DiffusionActivities:
     async def _supervise(
         self,
         req: c.VideoRequest,
+        params: pipeline.GenerationParams,
         run: _Run,
         work: asyncio.Future[tuple[bytes, str] | None],
         logger: structlog.typing.FilteringBoundLogger,
@@ -259,7 +291,7 @@ class DiffusionActivities:
         except asyncio.CancelledError:
             details = activity.cancellation_details()
             if details is None or details.cancel_requested or not details.worker_shutdown:
-                await self._cancelled(run, work, details, logger)
+                await self._cancelled(req, params, run, work, details, logger)
                 raise
             # The worker's graceful period ran out (the SDK cancels on shutdown): still
             # hand the job over with a checkpoint rather than drop the state.
@@ -268,7 +300,8 @@ class DiffusionActivities:
             result = work.result()
         except pipeline.PoisonedStateError as err:
             raise await self._poisoned(run, err, logger) from err
-        await _uninterruptible(asyncio.to_thread(run.writer.drain))
+        # Heartbeating: with the store unreachable, the upload in flight may take its retries.
+        await _heartbeating(asyncio.to_thread(run.writer.drain), run)
         if result is None:  # stopped for a preemption: hand the attempt over
             await self._preempted(run, logger)
         return result
@@ -276,27 +309,83 @@ class DiffusionActivities:
     async def _publish(
         self,
         req: c.VideoRequest,
+        params: pipeline.GenerationParams,
         run: _Run,
         result: tuple[bytes, str],
         logger: structlog.typing.FilteringBoundLogger,
     ) -> tuple[str, str]:
-        """Store the frames under this attempt's key, unless a retry superseded it."""
+        """Store the frames under this attempt's key, then their manifest, and report them
+        unless a retry superseded this attempt. An unreachable store is waited out
+        (`_put_retrying`)."""
+        key = c.frames_key(req.job_id, run.attempt)
+        manifest_key = c.frames_manifest_key(req.job_id, run.attempt)
+        data, digest = result
+        manifest = self._frames_manifest(req, params, run, key, digest)
+        # Stored first, under this attempt's own keys (harmless if it turns out stale), so that
+        # a retry finds them if this completion never reaches Temporal. The manifest last: one
+        # that exists names frames that are all there.
+        for k, blob in ((key, data), (manifest_key, manifest)):
+            await self._put_retrying(k, blob, run, logger)
+        if activity.is_cancelled():
+            if not _lease_lost():  # the job is cancelled: its cleanup waits for this report
+                for written in (manifest_key, key):
+                    await asyncio.to_thread(self._store.delete, written)
+            raise asyncio.CancelledError
         # A stale attempt (timed out and retried elsewhere, then back to life) must not
-        # publish: Temporal would reject its completion anyway, but its write would be waste.
+        # report: Temporal would reject its completion anyway.
         if not await _is_current_attempt():
-            await self._discard_stale(run, logger)
+            await self._discard_stale(run, logger, also=(manifest_key, key))
             raise ApplicationError(
                 "this attempt was superseded by a retry; result discarded", type="StaleAttempt"
             )
-        key = c.frames_key(req.job_id, run.attempt)
-        data, digest = result
-        # Uninterruptible, so that a cancel arriving now cannot report the attempt over
-        # while the write goes on (the workflow's cleanup would run before it lands).
-        await _uninterruptible(asyncio.to_thread(self._store.put, key, data))
-        if activity.is_cancelled():
-            await asyncio.to_thread(self._store.delete, key)
-            raise asyncio.CancelledError
         return key, digest
+
+    async def _put_retrying(
+        self, key: str, data: bytes, run: _Run, logger: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """Put `data` (kept in memory meanwhile) under `key`; while the store fails, retry with
+        exponential backoff, heartbeating, for up to `upload_retry_s`, then fail retryably (the
+        retry resumes from the last confirmed checkpoint). Every failure counts as transient:
+        during an outage a plain `StorageError` may stand for an unreachable store too."""
+        deadline = time.monotonic() + self._upload_retry_s
+        delay, tries = self._upload_backoff_s, 0
+        while True:
+            tries += 1
+            try:
+                # Uninterruptible, so that a cancel arriving now cannot report the attempt over
+                # while the write goes on (the workflow's cleanup would run before it lands).
+                await _heartbeating(asyncio.to_thread(self._store.put, key, data), run)
+            except StorageError as err:
+                error = f"{type(err).__name__}: {err}"
+                if time.monotonic() + delay > deadline:
+                    logger.error(
+                        "frames upload failed; giving up", key=key, tries=tries, error=error
+                    )
+                    raise ApplicationError(
+                        f"cannot store the frames after {tries} tries: {error}",
+                        type=c.ErrorCode.STORE_UNAVAILABLE,
+                    ) from err
+                logger.warning(
+                    "frames upload failed; keeping them in memory and retrying",
+                    key=key,
+                    tries=tries,
+                    retry_in_s=delay,
+                    error=error,
+                )
+            else:
+                if tries > 1:
+                    logger.info("frames uploaded after the store came back", key=key, tries=tries)
+                return
+            # A cancelled job stops here; an attempt that lost its lease (Temporal unreachable)
+            # goes on: its retry can reuse these frames once they are stored.
+            if activity.is_cancelled() and not _lease_lost():
+                raise asyncio.CancelledError
+            try:
+                await _sleep_heartbeating(delay, run)
+            except asyncio.CancelledError:
+                if not _lease_lost():
+                    raise
+            delay = min(delay * 2, UPLOAD_MAX_BACKOFF_S)
 
     # -- the denoising thread -------------------------------------------------------------------
 
@@ -312,6 +401,9 @@ class DiffusionActivities:
             raise RuntimeError("a generation is already running on this GPU")
         metrics.BUSY.begin()
         try:
+            reused = self._reuse_frames(run, params, logger)
+            if reused is not None:
+                return reused
             state = self._start(run, params, logger)
             model, policy, writer, p = self._model, self._policy, run.writer, run.progress
             last_step, last_at = state.next_step, time.monotonic()
@@ -324,6 +416,7 @@ class DiffusionActivities:
                 # 1. One denoising step (raises PoisonedStateError on NaN/Inf, state intact).
                 step_started = time.monotonic()
                 pipeline.denoise_step(model, state)
+                run.computed += 1
                 p.phase, p.step = c.Phase.DENOISING, state.next_step
                 if run.first_step_s is None:
                     run.first_step_s = time.monotonic() - step_started
@@ -365,6 +458,46 @@ class DiffusionActivities:
                 wasted_steps=wasted,
             )
 
+    def _reuse_frames(
+        self,
+        run: _Run,
+        params: pipeline.GenerationParams,
+        logger: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[bytes, str] | None:
+        """A retry: the frames an earlier attempt stored (its completion lost, e.g. while
+        Temporal was unreachable), verified, so the work is not done again; else None."""
+        if run.attempt <= 1:
+            return None
+        run.progress.phase = c.Phase.RESUMING
+        try:
+            found, skipped, finished = checkpoint.find_published_frames(
+                self._store, self._model, params, job_id=run.job_id, before_attempt=run.attempt
+            )
+        except Exception as err:
+            raise _store_unavailable("looking for stored frames", err) from err
+        for reason in skipped:
+            logger.warning("stored frames not usable", reason=reason)
+        if found is None:
+            # An earlier attempt denoised every step, though its frames are unusable: the
+            # steps this one computes again are wasted.
+            run.prior_finished = finished
+            return None
+        p = run.progress
+        # Nothing is computed again; what earlier attempts lost stays counted.
+        p.wasted = max(run.prior.wasted_steps, found.wasted_steps)
+        p.step = p.resumed_from = p.total
+        p.phase = c.Phase.DECODING
+        run.started, run.reused_from = True, found.attempt
+        metrics.RESUMES.labels("frames").inc()
+        logger.info(
+            "reusing the frames an earlier attempt stored",
+            frames_key=found.key,
+            from_attempt=found.attempt,
+            frames_sha256=found.sha256,
+            wasted_steps=p.wasted,
+        )
+        return found.data, found.sha256
+
     def _start(
         self,
         run: _Run,
@@ -374,6 +507,9 @@ class DiffusionActivities:
         """The state to denoise from: the newest usable checkpoint, else step 0."""
         prior, p = run.prior, run.progress
         found, skipped = None, list[str]()
+        # How far earlier attempts got: their last heartbeat, or a checkpoint they wrote after
+        # it (heartbeats do not reach an unreachable server; the store keeps the checkpoints).
+        reached = run.progress.total if run.prior_finished else prior.reached_step
         if prior.raw is not None or run.attempt > 1:
             p.phase = c.Phase.RESUMING
             try:
@@ -386,17 +522,15 @@ class DiffusionActivities:
                     newest=prior.newest,
                     previous=prior.previous,
                 )
+                reached = max(reached, checkpoint.newest_listed_step(self._store, run.job_id))
             except Exception as err:
                 # Retry later (the heartbeat still names the checkpoints) rather than start over.
-                raise ApplicationError(
-                    f"object store unreadable while resuming: {type(err).__name__}: {err}",
-                    type=c.ErrorCode.STORE_UNAVAILABLE,
-                ) from err
+                raise _store_unavailable("resuming", err) from err
         for reason in skipped:
             logger.warning("checkpoint not usable", reason=reason)
         if found is not None:
             state = found.state
-            wasted = max(0, prior.reached_step - state.next_step)
+            wasted = max(0, reached - state.next_step)
             logger.info(
                 "resuming",
                 from_step=state.next_step,
@@ -413,7 +547,7 @@ class DiffusionActivities:
                 logger.warning("no usable checkpoint: starting from step 0", tried=len(skipped))
                 metrics.RESUMES.labels("scratch").inc()
             state = pipeline.prepare(self._model, params)
-            wasted = prior.reached_step
+            wasted = reached
             run.writer.reset([])
         metrics.WASTED_STEPS.inc(wasted)
         p.wasted = prior.wasted_steps + wasted
@@ -427,6 +561,8 @@ class DiffusionActivities:
 
     async def _cancelled(
         self,
+        req: c.VideoRequest,
+        params: pipeline.GenerationParams,
         run: _Run,
         work: asyncio.Future[tuple[bytes, str] | None],
         details: activity.ActivityCancellationDetails | None,
@@ -434,19 +570,23 @@ class DiffusionActivities:
     ) -> None:
         """Stop the loop at the next step and wait for it and for an upload in flight, so the
         GPU is really free and nothing is written after the workflow cleans up (it waits for
-        this report)."""
-        run.cancel.set()
+        this report). An attempt that lost its lease leaves its work to the retry."""
+        lease_lost = _lease_lost(details)
+        # Lease lost: Temporal timed the attempt out, or the SDK gave up telling it that the
+        # attempt lives (Temporal unreachable). Its retry resumes from what it leaves, so stop
+        # as for a hand-over, keeping the state; a cancelled job just stops.
+        (run.preempt if lease_lost else run.cancel).set()
         await _wait_uninterrupted(work)
         await _uninterruptible(asyncio.to_thread(run.writer.drain))
+        if lease_lost:
+            await self._keep_for_retry(req, params, run, work, logger)
         if details is not None and (details.not_found or details.timed_out):
-            # This attempt timed out and was retried elsewhere: a stale attempt.
             await self._discard_stale(run, logger)
-        logger.info("generation cancelled", step=run.progress.step)
+        logger.info("generation cancelled", step=run.progress.step, lease_lost=lease_lost)
 
-    async def _preempted(
-        self, run: _Run, logger: structlog.typing.FilteringBoundLogger
-    ) -> NoReturn:
-        """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
+    async def _checkpoint_stopped(self, run: _Run) -> CheckpointRef | None:
+        """Checkpoint the state the loop stopped at, synchronously (unless the newest confirmed
+        checkpoint is of that very step); the newest confirmed checkpoint after it."""
         state = run.state
         assert state is not None
         newest = run.writer.newest
@@ -455,7 +595,15 @@ class DiffusionActivities:
                 state, job_id=run.job_id, attempt=run.attempt, device=self._model.device
             )
             await _uninterruptible(asyncio.to_thread(run.writer.write, snap))
-        newest = run.writer.newest
+        return run.writer.newest
+
+    async def _preempted(
+        self, run: _Run, logger: structlog.typing.FilteringBoundLogger
+    ) -> NoReturn:
+        """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
+        state = run.state
+        assert state is not None
+        newest = await self._checkpoint_stopped(run)
         # The failure below flushes these details to the server before it is reported.
         activity.heartbeat(run.details())
         at = newest.step if newest else 0
@@ -502,11 +650,66 @@ class DiffusionActivities:
             f"{err}; retrying from the last checkpoint on a fresh worker", type=c.ErrorCode.POISONED
         )
 
-    async def _discard_stale(
-        self, run: _Run, logger: structlog.typing.FilteringBoundLogger
+    async def _keep_for_retry(
+        self,
+        req: c.VideoRequest,
+        params: pipeline.GenerationParams,
+        run: _Run,
+        work: asyncio.Future[tuple[bytes, str] | None],
+        logger: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        """A superseded attempt: once the job is over, delete the checkpoints it wrote."""
-        written = [r.key for r in run.writer.stats.history]
+        """An attempt that lost its lease (Temporal unreachable, say): leave its work where the
+        retry finds it, under this attempt's own keys. Stopped at a step boundary: a checkpoint
+        of exactly that step. Frames finished: the frames and their manifest. One try each;
+        best effort (the store may be down too)."""
+        if work.cancelled() or work.exception() is not None or await _workflow_closed():
+            return
+        result = work.result()
+        if result is None:
+            ref = await self._checkpoint_stopped(run)
+            logger.info("lease lost: state checkpointed for the retry", step=ref and ref.step)
+            return
+        data, digest = result
+        key = c.frames_key(req.job_id, run.attempt)
+        manifest = self._frames_manifest(req, params, run, key, digest)
+        try:
+            for k, blob in (
+                (key, data),
+                (c.frames_manifest_key(req.job_id, run.attempt), manifest),
+            ):
+                await _uninterruptible(asyncio.to_thread(self._store.put, k, blob))
+        except StorageError as err:
+            logger.warning("stale attempt could not store its frames", error=str(err))
+            return
+        logger.info("stale attempt stored its frames for the retry", frames_key=key)
+
+    def _frames_manifest(
+        self,
+        req: c.VideoRequest,
+        params: pipeline.GenerationParams,
+        run: _Run,
+        key: str,
+        digest: str,
+    ) -> bytes:
+        return checkpoint.frames_manifest(
+            self._model,
+            params,
+            job_id=req.job_id,
+            attempt=run.attempt,
+            frames_key=key,
+            frames_sha256=digest,
+            wasted_steps=run.progress.wasted,
+        )
+
+    async def _discard_stale(
+        self,
+        run: _Run,
+        logger: structlog.typing.FilteringBoundLogger,
+        also: Sequence[str] = (),
+    ) -> None:
+        """A superseded attempt: once the job is over, delete the checkpoints it wrote (and
+        the keys `also`)."""
+        written = [r.key for r in run.writer.stats.history] + list(also)
         closed = await _workflow_closed()
         if closed and written:
             for key in written:
@@ -536,6 +739,11 @@ class _Run:
     # first step time (to price the steps it lost in GPU seconds).
     interrupted_at: float | None = None
     first_step_s: float | None = None
+    # Steps this attempt denoised; the earlier attempt whose stored frames it reused, if any.
+    computed: int = 0
+    reused_from: int | None = None
+    # An earlier attempt stored frames for every step, but they were unusable.
+    prior_finished: bool = False
 
     def __post_init__(self) -> None:
         self.cancel = threading.Event()
@@ -570,11 +778,12 @@ async def _own_workflow() -> WorkflowExecutionDescription | None:
     info = activity.info()
     assert info.workflow_id is not None  # always, for an activity a workflow scheduled
     try:
-        return (
-            await activity.client()
-            .get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
-            .describe()
+        handle = activity.client().get_workflow_handle(
+            info.workflow_id, run_id=info.workflow_run_id
         )
+        # Bounded: with Temporal unreachable the client would retry for many seconds, and the
+        # attempt's publishing or hand-over must not wait on it.
+        return await asyncio.wait_for(handle.describe(), DESCRIBE_TIMEOUT_S)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -640,7 +849,10 @@ class _ProgressSignaller:
     """Sends progress to the workflow at most every `progress_interval_s`, phase changes at once.
 
     Every signal is an event in the workflow's history, so the rate is bounded; viewers read the
-    state with queries, which cost no history.
+    state with queries, which cost no history. A signal goes out in a task of its own, one at a
+    time, and `send` never waits for it: with Temporal unreachable the client retries a signal
+    for many seconds, and the activity must go on heartbeating meanwhile (else the SDK and the
+    server take it for dead).
     """
 
     def __init__(self, req: c.VideoRequest, attempt: int) -> None:
@@ -649,12 +861,15 @@ class _ProgressSignaller:
         self._last: tuple[str, int] | None = None
         self._last_at = 0.0
         self._enabled = True
+        self._inflight: asyncio.Task[None] | None = None
 
     async def send(self, p: _Progress, *, force: bool = False) -> None:
         now = time.monotonic()
         key = (p.phase, p.step)
         if key == self._last or not self._enabled:
             return
+        if self._inflight is not None and not self._inflight.done():
+            return  # the next call sends the progress of then
         phase_changed = self._last is None or self._last[0] != p.phase
         if not (force or phase_changed or now - self._last_at >= self._req.progress_interval_s):
             return
@@ -672,13 +887,58 @@ class _ProgressSignaller:
         except RuntimeError:  # no client: an ActivityEnvironment without one (unit tests)
             self._enabled = False
             return
+        handle = client.get_workflow_handle(activity.info().workflow_id or "")
+        self._inflight = asyncio.create_task(self._signal(handle, update))
+
+    async def _signal(self, handle: WorkflowHandle[Any, Any], update: c.ProgressUpdate) -> None:
         try:
-            handle = client.get_workflow_handle(activity.info().workflow_id or "")
             await handle.signal(c.SIGNAL_PROGRESS, update)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # progress is best effort; the job itself must not fail on it
             log.warning("progress signal failed", job_id=self._req.job_id, error=str(err))
+
+
+def _lease_lost(details: activity.ActivityCancellationDetails | None = None) -> bool:
+    """Whether a cancellation means that Temporal no longer counts on this attempt (it timed
+    out, on the server or in the SDK, which gives up when it cannot deliver heartbeats, or the
+    server does not know it), rather than that the job is cancelled."""
+    d = details if details is not None else activity.cancellation_details()
+    return d is not None and (d.timed_out or d.not_found) and not d.cancel_requested
+
+
+def _store_unavailable(what: str, err: Exception) -> ApplicationError:
+    """A retryable failure for a store that cannot be read: the retry tries again later (the
+    heartbeat still names the checkpoints) rather than starting over."""
+    return ApplicationError(
+        f"object store unreadable while {what}: {type(err).__name__}: {err}",
+        type=c.ErrorCode.STORE_UNAVAILABLE,
+    )
+
+
+async def _heartbeating(aw: Awaitable[T], run: _Run) -> T:
+    """Await `aw` to the end, like `_uninterruptible`, heartbeating the attempt's details every
+    `WAIT_HEARTBEAT_S` meanwhile: a wait on a slow or unreachable store must not look like a
+    dead worker to the server."""
+    task = asyncio.ensure_future(aw)
+    while not task.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=WAIT_HEARTBEAT_S)
+        except TimeoutError:
+            activity.heartbeat(run.details())
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            break
+    return task.result()
+
+
+async def _sleep_heartbeating(seconds: float, run: _Run) -> None:
+    """Sleep, heartbeating every `WAIT_HEARTBEAT_S`; cancellation ends it (and is raised)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        activity.heartbeat(run.details())
+        await asyncio.sleep(min(left, WAIT_HEARTBEAT_S))
 
 
 async def _uninterruptible(aw: Awaitable[T]) -> T:

@@ -1,20 +1,22 @@
 """CPU activities: encode stored frames to MP4 (plus thumbnail and spritesheet), and clean up.
 
 They run on the CPU worker, never on a GPU worker: a GPU is too expensive to spend on x264.
-Blocking work (storage I/O, encoding) runs in a thread so the worker's event loop stays free.
+Blocking work (storage I/O, encoding) runs in a thread so the worker's event loop stays free,
+and heartbeats meanwhile (both are idempotent, so a retry after a lost completion is harmless).
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import media
+from activities import heartbeating, media
 from videogen import contracts as c
+from videogen import quota
 from videogen.storage import AlreadyExists, ObjectStore
 
 log = structlog.get_logger(__name__)
@@ -26,7 +28,9 @@ class PostprocessActivities:
 
     @activity.defn(name=c.ACTIVITY_ENCODE)
     async def encode_video(self, inp: c.EncodeInput) -> c.EncodeOutput:
-        return await asyncio.to_thread(self._encode, inp)
+        # Heartbeats: a completion lost while Temporal is unreachable is retried within the
+        # heartbeat timeout, not the start-to-close timeout (the retry finds the files stored).
+        return await heartbeating.in_thread(self._encode, inp)
 
     def _encode(self, inp: c.EncodeInput) -> c.EncodeOutput:
         frames = media.frames_from_bytes(self._store.get(inp.frames_key))
@@ -89,11 +93,10 @@ class PostprocessActivities:
 
     @activity.defn(name=c.ACTIVITY_CLEANUP)
     async def cleanup_job(self, inp: c.CleanupInput) -> int:
-        """Delete a job's frames and checkpoints (and its outputs on cancel/failure)."""
-
-        removed = await asyncio.to_thread(
-            c.delete_job_assets, self._store, inp.job_id, outputs=inp.remove_outputs
-        )
+        """Delete a job's frames and checkpoints (and its outputs on cancel/failure), and give
+        back the job's place in its user's and tier's admission ledgers. Both are idempotent:
+        a retry repeats them harmlessly."""
+        removed = await heartbeating.in_thread(functools.partial(self._cleanup, inp))
         log.info(
             "job cleaned up",
             job_id=inp.job_id,
@@ -101,4 +104,10 @@ class PostprocessActivities:
             removed=removed,
             outputs=inp.remove_outputs,
         )
+        return removed
+
+    def _cleanup(self, inp: c.CleanupInput) -> int:
+        removed = c.delete_job_assets(self._store, inp.job_id, outputs=inp.remove_outputs)
+        if inp.user:
+            quota.release(self._store, inp.job_id, inp.user, inp.tier)
         return removed

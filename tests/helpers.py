@@ -177,6 +177,29 @@ def direct_request(stack: Stack, **overrides: object) -> c.VideoRequest:
     return c.VideoRequest(**fields)  # type: ignore[arg-type]
 
 
+def unit_request(**overrides: object) -> c.VideoRequest:
+    """A small valid request for activity tests without a stack (job id `video_unit`)."""
+    fields: dict[str, object] = dict(
+        job_id="video_unit",
+        user="u",
+        tier="paid",
+        prompt="a kite",
+        model="videogen-tiny",
+        seed=3,
+        width=64,
+        height=64,
+        seconds=1,
+        fps=8,
+        num_frames=9,
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        gpu_task_queue="gpu",
+        cpu_task_queue="cpu",
+    )
+    fields.update(overrides)
+    return c.VideoRequest(**fields)  # type: ignore[arg-type]
+
+
 def gpu_worker_settings(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, name: str, **overrides: object
 ) -> Settings:

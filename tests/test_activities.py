@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import unit_request
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -30,24 +31,7 @@ def model() -> pipeline.LoadedModel:
 
 
 def _request(**overrides: object) -> c.VideoRequest:
-    req = c.VideoRequest(
-        job_id="video_unit",
-        user="u",
-        tier="paid",
-        prompt="a kite",
-        model="videogen-tiny",
-        seed=3,
-        width=64,
-        height=64,
-        seconds=1,
-        fps=8,
-        num_frames=9,
-        num_inference_steps=3,
-        guidance_scale=5.0,
-        gpu_task_queue="gpu",
-        cpu_task_queue="cpu",
-    )
-    return dataclasses.replace(req, **overrides)  # type: ignore[arg-type]
+    return unit_request(**overrides)
 
 
 def _env(attempt: int = 1) -> ActivityEnvironment:

@@ -21,11 +21,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from helpers import submit, wait_for
 
 from videogen import contracts as c
+from videogen import quota
 from videogen import visibility as vis
 from videogen.devserver import free_port
 from videogen.stack import Stack
+from videogen.storage import open_store
 from videogen.temporal import connect
 
 # The fault tier; the module's time budget, its replicas' start included.
@@ -166,3 +169,16 @@ async def test_a_burst_admits_exactly_the_per_minute_and_tier_limits(
         _post_burst(urls, keys["team1"], 30), _post_burst(urls, keys["team2"], 30)
     )
     assert team1[200] + team2[200] == 6, (team1, team2)
+
+
+def test_a_finished_job_gives_its_place_back(stack: Stack, api: httpx.Client) -> None:
+    # The session stack's "paid" tier counts submissions per minute, so "dev" has a ledger.
+    store = open_store(stack.child_env()["VIDEOGEN_STORAGE_URL"])
+    user = quota.Quota(quota.Scope.USER, "dev")
+    job = submit(api)["id"]
+    assert wait_for(api, job)["status"] == "completed"
+    # The cleanup activity ran before the workflow closed: the place is free, no reclaim
+    # needed (that would ask Temporal only when the ledger is full).
+    assert job not in quota.active(store, user)
+    raw = json.loads(store.get(quota.ledger_key(quota.Scope.USER, "dev")))
+    assert raw["name"] == "dev" and sum(raw["recent"].values()) >= 1

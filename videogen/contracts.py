@@ -117,6 +117,21 @@ def frames_key(job_id: str, attempt: int) -> str:
     return f"frames/{job_id}/attempt-{attempt}.npy"
 
 
+def frames_manifest_key(job_id: str, attempt: int) -> str:
+    """Written after the attempt's frames: whose they are (job, parameters, weights) and their
+    sha256, so a retry whose predecessor's completion was lost can verify and reuse them."""
+    return f"frames/{job_id}/attempt-{attempt}.json"
+
+
+def parse_frames_manifest_key(key: str) -> int | None:
+    """The attempt of a `frames_manifest_key`; None for any other key."""
+    name = key.rsplit("/", 1)[-1]
+    if not (name.startswith("attempt-") and name.endswith(".json")):
+        return None
+    digits = name[len("attempt-") : -len(".json")]
+    return int(digits) if digits.isdigit() else None
+
+
 def frames_prefix(job_id: str) -> str:
     return f"frames/{job_id}/"
 
@@ -286,6 +301,10 @@ class CleanupInput:
     # False after success (frames and checkpoints go), True on cancel/failure (everything).
     remove_outputs: bool = False
     model: str = ""  # for the log lines of the job's work
+    # The job's owner and tier: the job's ending gives back its place in their admission
+    # ledgers (videogen.quota). Empty in the retention cleanup, which releases nothing.
+    user: str = ""
+    tier: str = ""
 
 
 @dataclass

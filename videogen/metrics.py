@@ -34,7 +34,8 @@ CHECKPOINT_FAILURES = Counter(
 )
 RESUMES = Counter(
     "videogen_resumes_total",
-    "Retried GPU attempts by where they started: heartbeat, previous, listing or scratch.",
+    "Retried GPU attempts by where they started: heartbeat, previous, listing, scratch, or an "
+    "earlier attempt's finished frames (frames).",
     ["source"],
 )
 PREEMPTIONS = Counter(

@@ -24,6 +24,13 @@ WEBHOOK_RETRY = RetryPolicy(
 )
 
 
+# One delivery attempt takes at most the activity's own HTTP deadline (10 s) plus the URL check;
+# a completion lost while Temporal was unreachable is retried after this, not later.
+WEBHOOK_ATTEMPT_TIMEOUT = timedelta(seconds=20)
+# The retention cleanup heartbeats (activities/heartbeating.py), like the job's own cleanup.
+CLEANUP_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
+
+
 @workflow.defn(name=c.WEBHOOK_WORKFLOW)
 class WebhookDelivery:
     @workflow.run
@@ -33,7 +40,7 @@ class WebhookDelivery:
             inp,
             result_type=int,
             task_queue=inp.cpu_task_queue,
-            start_to_close_timeout=timedelta(seconds=30),
+            start_to_close_timeout=WEBHOOK_ATTEMPT_TIMEOUT,
             schedule_to_close_timeout=timedelta(days=1),
             retry_policy=WEBHOOK_RETRY,
         )
@@ -50,5 +57,6 @@ class VideoRetention:
             result_type=int,
             task_queue=inp.cpu_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=CLEANUP_HEARTBEAT_TIMEOUT,
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
         )

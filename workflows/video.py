@@ -43,6 +43,11 @@ CPU_RETRY = RetryPolicy(
     non_retryable_error_types=c.NON_RETRYABLE_ERRORS,
 )
 
+# CPU activities heartbeat (activities/heartbeating.py): a completion lost while Temporal was
+# unreachable, or a dead CPU worker, is retried this long after, not after the start-to-close
+# timeout (10 min for an encode), which stays as the bound of a hung but heartbeating run.
+CPU_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
+
 # Share of `progress` (0-100) each phase ends at; denoising fills the span before decoding.
 PROGRESS_STARTING = 1
 PROGRESS_DECODING = 92
@@ -137,6 +142,7 @@ class VideoGeneration:
                 result_type=c.EncodeOutput,
                 task_queue=req.cpu_task_queue,
                 start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=CPU_HEARTBEAT_TIMEOUT,
                 retry_policy=CPU_RETRY,
             )
             await self._cleanup(req, remove_outputs=False)
@@ -280,9 +286,16 @@ class VideoGeneration:
     async def _cleanup(self, req: c.VideoRequest, *, remove_outputs: bool) -> None:
         await workflow.execute_activity(
             c.ACTIVITY_CLEANUP,
-            c.CleanupInput(job_id=req.job_id, remove_outputs=remove_outputs, model=req.model),
+            c.CleanupInput(
+                job_id=req.job_id,
+                remove_outputs=remove_outputs,
+                model=req.model,
+                user=req.user,
+                tier=req.tier,
+            ),
             task_queue=req.cpu_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=CPU_HEARTBEAT_TIMEOUT,
             retry_policy=CPU_RETRY,
         )
 
