@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.fleet import FleetCache
@@ -60,19 +61,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     tracing.instrument_app(app)
 
-    @app.middleware("http")
-    async def _metrics(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(RequestMetrics)
     return app
+
+
+class RequestMetrics:
+    """Count and time every HTTP request by route template and status. A plain ASGI middleware:
+    Starlette's `@app.middleware("http")` costs a task and a body stream per request. The time
+    is taken when the response starts, so an event stream counts its wait for the first byte,
+    not its whole life."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        answered = False
+
+        def record(status: int) -> None:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
+            REQUESTS.labels(scope["method"], path, str(status)).inc()
+
+        async def send_recorded(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start" and not answered:
+                answered = True
+                record(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_recorded)
+        finally:
+            if not answered:  # an unhandled error: the outer middleware answers 500
+                record(500)
 
 
 def draining(app: FastAPI) -> asyncio.Event:
