@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from helpers import submit, wait_for
+from temporalio.client import Client
 
 from videogen import contracts as c
 from videogen import quota
@@ -29,7 +29,6 @@ from videogen import visibility as vis
 from videogen.devserver import free_port
 from videogen.stack import Stack
 from videogen.storage import open_store
-from videogen.temporal import connect
 
 # The fault tier; the module's time budget, its replicas' start included.
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(180)]
@@ -107,8 +106,8 @@ def _wait_ready(url: str, timeout_s: float = 60) -> None:
 
 
 async def _terminate_all(stack: Stack, users: list[str]) -> None:
-    os.environ["TEMPORAL_ADDRESS"] = f"127.0.0.1:{stack.temporal_port}"
-    client = await connect(wait_s=10)
+    # An explicit address, not TEMPORAL_ADDRESS: os.environ leaks into later tests' stacks.
+    client = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
     for user in users:
         async for ex in client.list_workflows(vis.jobs(vis.eq(c.SA_USER, user), status="Running")):
             await client.get_workflow_handle(ex.id).terminate("burst test over")
