@@ -71,6 +71,9 @@ class Stack:
         }
         env.setdefault("VIDEOGEN_STORAGE_URL", f"file://{data_dir / 'objects'}")
         env.update(self.env)
+        # The stack's own server, whatever `env` copied from a process environment (a whole
+        # os.environ, say, with another stack's TEMPORAL_ADDRESS in it).
+        env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{self.temporal_port}"
         return env
 
     def start(self, timeout_s: float = 120.0) -> Stack:
