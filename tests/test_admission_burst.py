@@ -13,7 +13,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from videogen import contracts as c
 from videogen import quota
 from videogen import visibility as vis
 from videogen.devserver import free_port
-from videogen.stack import Stack
+from videogen.stack import Stack, wait_ready
 from videogen.storage import open_store
 
 # The fault tier; the module's time budget, its replicas' start included.
@@ -83,7 +82,7 @@ def burst(stack: Stack) -> Iterator[tuple[list[str], dict[str, str]]]:
         urls.append(f"http://127.0.0.1:{port}")
     try:
         for url in urls:
-            _wait_ready(url)
+            wait_ready(url, 60)
         yield urls, keys
     finally:
         for p in procs:
@@ -91,18 +90,6 @@ def burst(stack: Stack) -> Iterator[tuple[list[str], dict[str, str]]]:
         for p in procs:
             p.wait(20)
         asyncio.run(_terminate_all(stack, list(users.values())))
-
-
-def _wait_ready(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"API replica {url} not ready in {timeout_s}s")
 
 
 async def _terminate_all(stack: Stack, users: list[str]) -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,16 +135,7 @@ class Stack:
         )
 
     def wait_api(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check()
-            try:
-                if httpx.get(f"{self.api_url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"API not healthy at {self.api_url} after {timeout_s}s")
+        wait_ready(self.api_url, timeout_s, check=self.check)
 
     def wait_gpu_workers(self, n: int, timeout_s: float = 120.0) -> None:
         """Wait until `n` GPU worker processes (restarted ones included) poll their task queue.
@@ -216,6 +208,22 @@ class Stack:
                 child.process.wait()
         if self.server:
             self.server.stop()
+
+
+def wait_ready(url: str, timeout_s: float, check: Callable[[], None] | None = None) -> None:
+    """Wait until the API at `url` says it is ready (`/readyz` 200); `check` runs before each
+    try (the stack's, to fail at once when a child died)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"API not ready at {url} after {timeout_s}s")
 
 
 def polling_pids(address: str, queue: str) -> set[int]:
