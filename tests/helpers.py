@@ -6,6 +6,8 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from videogen import contracts as c
+from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY, Settings
 from videogen.stack import Stack
 
@@ -152,31 +155,6 @@ def worker_child(stack: Stack, pid: int) -> Any:
     return next((ch for ch in stack.children if ch.process and ch.process.pid == pid), None)
 
 
-def direct_request(stack: Stack, **overrides: object) -> c.VideoRequest:
-    """A valid request for starting a workflow directly (not through the API) on the stack."""
-    prefix = stack.child_env()["VIDEOGEN_TASK_QUEUE_PREFIX"]
-    fields: dict[str, object] = dict(
-        job_id=f"video_{uuid.uuid4().hex}",
-        user="dev",
-        tier="paid",
-        prompt="direct start",
-        model="videogen-tiny",
-        seed=1,
-        width=64,
-        height=64,
-        seconds=1,
-        fps=8,
-        num_frames=9,
-        num_inference_steps=2,
-        guidance_scale=5.0,
-        gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
-        cpu_task_queue=f"{prefix}-cpu",
-        progress_interval_s=0.1,
-    )
-    fields.update(overrides)
-    return c.VideoRequest(**fields)  # type: ignore[arg-type]
-
-
 def unit_request(**overrides: object) -> c.VideoRequest:
     """A small valid request for activity tests without a stack (job id `video_unit`)."""
     fields: dict[str, object] = dict(
@@ -198,6 +176,45 @@ def unit_request(**overrides: object) -> c.VideoRequest:
     )
     fields.update(overrides)
     return c.VideoRequest(**fields)  # type: ignore[arg-type]
+
+
+def direct_request(stack: Stack, **overrides: object) -> c.VideoRequest:
+    """A valid request for starting a workflow directly (not through the API) on the stack."""
+    prefix = stack.child_env()["VIDEOGEN_TASK_QUEUE_PREFIX"]
+    fields: dict[str, object] = dict(
+        job_id=f"video_{uuid.uuid4().hex}",
+        user="dev",
+        prompt="direct start",
+        seed=1,
+        num_inference_steps=2,
+        gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
+        cpu_task_queue=f"{prefix}-cpu",
+        progress_interval_s=0.1,
+    )
+    return unit_request(**{**fields, **overrides})
+
+
+@contextmanager
+def private_stack(
+    tmp: pytest.TempPathFactory, name: str, env: dict[str, str], **options: Any
+) -> Iterator[Stack]:
+    """A stack of a test module's own: fresh ports, its own data directory and logs, no Web
+    UI; stopped afterwards. `options` are further `Stack` fields (gpu_workers, ...)."""
+    data = tmp.mktemp(name)
+    stack = Stack(
+        data_dir=data,
+        api_port=free_port(),
+        temporal_port=free_port(),
+        ui_port=None,
+        log_dir=data / "logs",
+        env=env,
+        **options,
+    )
+    stack.start(timeout_s=180)
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def gpu_worker_settings(

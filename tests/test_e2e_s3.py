@@ -20,6 +20,7 @@ from helpers import (
     api_client,
     assert_reference_video,
     preemption_env,
+    private_stack,
     submit,
     wait_for,
     wait_step,
@@ -29,7 +30,6 @@ from temporalio.client import Client
 
 from activities.media import probe_mp4
 from videogen import contracts as c
-from videogen.devserver import free_port
 from videogen.stack import Stack, gpu_worker_pid
 
 
@@ -39,22 +39,12 @@ def s3_stack(
 ) -> Iterator[Stack]:
     s3 = moto_s3
     bucket = s3.create_bucket()
-    data = tmp_path_factory.mktemp("s3stack")
     env = {k: v for k, v in s3.subprocess_env().items()}
     env.update(preemption_env("s3"))
     env["VIDEOGEN_STORAGE_URL"] = f"s3://{bucket}/videogen"
-    stack = Stack(
-        data_dir=data,
-        api_port=free_port(),
-        temporal_port=free_port(),
-        ui_port=None,
-        log_dir=data / "logs",
-        env=env,
-    )
-    stack.start(timeout_s=180)
-    stack.bucket = bucket  # type: ignore[attr-defined]
-    yield stack
-    stack.stop()
+    with private_stack(tmp_path_factory, "s3stack", env) as stack:
+        stack.bucket = bucket  # type: ignore[attr-defined]
+        yield stack
 
 
 def test_job_on_s3_completes_and_streams_from_s3(

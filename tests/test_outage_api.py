@@ -28,7 +28,7 @@ import httpx
 import pytest
 import s3server
 from faultproxy import FaultProxy
-from helpers import api_client, preemption_env, submit, wait_for
+from helpers import api_client, preemption_env, private_stack, submit, wait_for
 
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY
@@ -70,20 +70,8 @@ def outage(
                 "VIDEOGEN_EVENTS_KEEPALIVE_S": "0.5",
             }
         )
-        data = tmp_path_factory.mktemp("outage")
-        stack = Stack(
-            data_dir=data,
-            api_port=free_port(),
-            temporal_port=free_port(),
-            ui_port=None,
-            log_dir=data / "logs",
-            env=env,
-        )
-        stack.start(timeout_s=180)
-        try:
+        with private_stack(tmp_path_factory, "outage", env) as stack:
             yield stack, proxy
-        finally:
-            stack.stop()
 
 
 @dataclass

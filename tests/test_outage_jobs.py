@@ -22,12 +22,18 @@ import httpx
 import pytest
 import s3server
 from faultproxy import FaultProxy
-from helpers import api_client, assert_reference_video, preemption_env, submit, wait_step
+from helpers import (
+    api_client,
+    assert_reference_video,
+    preemption_env,
+    private_stack,
+    submit,
+    wait_step,
+)
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import Client
 
 from videogen import contracts as c
-from videogen.devserver import free_port
 from videogen.stack import Stack
 
 # The fault tier; each test's time budget (the first one also starts the stack).
@@ -55,24 +61,13 @@ def proxy(moto_s3: s3server.S3Server) -> Iterator[FaultProxy]:
 def ostack(
     tmp_path_factory: pytest.TempPathFactory, moto_s3: s3server.S3Server, proxy: FaultProxy
 ) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("outage-jobs")
     env = moto_s3.subprocess_env()
     env.update(preemption_env("outage"))
     env["AWS_ENDPOINT_URL"] = f"http://{proxy.address}"
     env["VIDEOGEN_STORAGE_URL"] = f"s3://{moto_s3.create_bucket()}/videogen"
     env["VIDEOGEN_LOG_FORMAT"] = "json"
-    s = Stack(
-        data_dir=data,
-        api_port=free_port(),
-        temporal_port=free_port(),
-        ui_port=None,
-        gpu_workers=2,
-        log_dir=data / "logs",
-        env=env,
-    )
-    s.start(timeout_s=180)
-    yield s
-    s.stop()
+    with private_stack(tmp_path_factory, "outage-jobs", env, gpu_workers=2) as s:
+        yield s
 
 
 @pytest.fixture

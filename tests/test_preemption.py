@@ -24,6 +24,7 @@ from helpers import (
     assert_reference_video,
     gpu_metrics,
     preemption_env,
+    private_stack,
     scrape,
     value,
     wait_for,
@@ -33,27 +34,15 @@ from helpers import (
 from temporalio.client import Client
 
 from videogen import contracts as c
-from videogen.devserver import free_port
 from videogen.stack import Stack, gpu_worker_pid
 from videogen.storage import FileStore
 
 
 @pytest.fixture(scope="module")
 def pstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("preempt")
-    s = Stack(
-        data_dir=data,
-        api_port=free_port(),
-        temporal_port=free_port(),
-        ui_port=None,
-        gpu_workers=2,
-        log_dir=data / "logs",
-        env=preemption_env("pre"),
-        worker_metrics=True,
-    )
-    s.start(timeout_s=180)
-    yield s
-    s.stop()
+    env = preemption_env("pre")
+    with private_stack(tmp_path_factory, "preempt", env, gpu_workers=2, worker_metrics=True) as s:
+        yield s
 
 
 @pytest.fixture
