@@ -8,6 +8,7 @@ estimated start (api.queue).
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import structlog
@@ -99,6 +100,25 @@ async def to_video(
         video.status, video.phase = c.Status.FAILED, c.Phase.FAILED
         video.error = await _failure(handle, status)
     return video
+
+
+def just_started(req: c.VideoRequest) -> Video:
+    """The Video object of the job this request has just started, as a read of it would show
+    it now, without the read: one Temporal round trip less per submission. `created_at` is
+    this replica's clock, the workflow's start time is the server's."""
+    return Video(
+        id=req.job_id,
+        status=c.Status.QUEUED,
+        created_at=int(time.time()),
+        model=req.model,
+        prompt=req.prompt,
+        seconds=str(req.seconds),
+        size=f"{req.width}x{req.height}",
+        seed=req.seed,
+        negative_prompt=req.negative_prompt,
+        metadata=req.metadata,
+        total_steps=req.num_inference_steps,
+    )
 
 
 async def query_state(handle: WorkflowHandle) -> c.JobStatus | None:

@@ -218,26 +218,7 @@ async def create_video(
         found = await admission.existing(client, store, req.job_id, key, fingerprint)
         if found is not None:
             return await presenter.to_video(*found, live=False)
-    return _just_started(req)
-
-
-def _just_started(req: c.VideoRequest) -> Video:
-    """The Video object of the job this request has just started, as a read of it would show
-    it now, without the read: one Temporal round trip less per submission. `created_at` is
-    this replica's clock, the workflow's start time is the server's."""
-    return Video(
-        id=req.job_id,
-        status=c.Status.QUEUED,
-        created_at=int(time.time()),
-        model=req.model,
-        prompt=req.prompt,
-        seconds=str(req.seconds),
-        size=f"{req.width}x{req.height}",
-        seed=req.seed,
-        negative_prompt=req.negative_prompt,
-        metadata=req.metadata,
-        total_steps=req.num_inference_steps,
-    )
+    return presenter.just_started(req)
 
 
 @router.get("", response_model=VideoList)
