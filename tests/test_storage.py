@@ -185,6 +185,56 @@ def test_file_update_holds_across_processes(tmp_path: Path) -> None:
     assert FileStore(root).get("counter") == b"300"
 
 
+def _read_while_updated(root: str, until: float, out: list[str]) -> None:
+    import time
+
+    store = FileStore(root)
+    seen = 0
+    while time.time() < until:
+        value = int(store.get("counter"))  # NotFound or a torn read would raise here
+        assert value >= seen, (value, seen)
+        assert store.exists("counter")
+        seen = value
+    out.append(str(seen))
+
+
+def test_file_update_is_atomic_for_readers(tmp_path: Path) -> None:
+    # An update moves the old file aside before it renames the new one in (no rename over a
+    # file: ext4 flushes on that). A reader in that gap must wait for the update, not miss.
+    import multiprocessing
+    import time
+
+    root = str(tmp_path / "store")
+    store = FileStore(root)
+    store.update("counter", _increment)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.list()
+        reader = ctx.Process(target=_read_while_updated, args=(root, time.time() + 4, out))
+        reader.start()
+        deadline = time.time() + 4
+        while time.time() < deadline:
+            store.update("counter", _increment)
+        reader.join(30)
+        assert reader.exitcode == 0 and len(out) == 1
+
+
+def test_file_update_recovers_from_a_death_mid_swap(tmp_path: Path) -> None:
+    # Killed between moving the old file aside and renaming the new one in: the old version
+    # is still the object, for readers and for the next update.
+    store = FileStore(tmp_path)
+    store.update("ledgers/x", lambda cur: b"7")
+    path = tmp_path / "ledgers" / "x"
+    path.rename(path.parent / f"{storage.TEMP_MARKER}prev-x")
+    assert store.get("ledgers/x") == b"7"
+    assert store.exists("ledgers/x") and store.size("ledgers/x") == 1
+    store.update("ledgers/x", _increment)
+    assert store.get("ledgers/x") == b"8"
+    assert os.listdir(path.parent) == ["x"]  # nothing left aside
+    store.delete("ledgers/x")
+    assert not store.exists("ledgers/x")
+
+
 def test_missing_key(store: ObjectStore, tmp_path: Path) -> None:
     with pytest.raises(NotFound) as info:
         store.get("no/such/key")

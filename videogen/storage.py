@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import boto3
@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK_SIZE = 1 << 20
+
+T = TypeVar("T")
 
 # FileStore writes "<dir>/.vg-tmp-<random>" next to the final file and renames it into place.
 # Keys whose segments start with this marker are rejected, so a temp file can never be mistaken
@@ -251,7 +253,8 @@ class FileStore(ObjectStore):
     """Objects as files under a root directory; for development and single-host setups.
 
     Several processes may share one root: every write is temp file + fsync + rename, so
-    concurrent readers never see partial files. A key cannot be both an object and a "directory"
+    concurrent readers never see partial files. `update` renames without fsync and never over
+    an existing file (`_swap_in`). A key cannot be both an object and a "directory"
     of other objects here ("a" and "a/b"); S3 allows that, FileStore raises StorageError.
     """
 
@@ -315,30 +318,86 @@ class FileStore(ObjectStore):
     def update(self, key: str, change: Callable[[bytes | None], bytes | None]) -> None:
         path = self._path(key)
         with self._key_lock(key):
-            try:
-                with open(path, "rb") as f:
-                    current: bytes | None = f.read()
-            except FileNotFoundError:
-                current = None
-            except OSError as e:
-                raise StorageError(f"cannot read {key!r} in {self.describe()}: {e}") from e
+            current = self._read_locked(key, path)
             new = change(current)
             if new is not None:
-                self._write_atomic(key, path, lambda f: f.write(new), if_absent=False, sync=False)
+                self._swap_in(key, path, new)
+
+    def _read_locked(self, key: str, path: str) -> bytes | None:
+        """The object's bytes under its update lock: the file, else what an update that died
+        mid-swap left (`_swap_in`), else None."""
+        for candidate in (path, _prev_path(path)):
+            try:
+                with open(candidate, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StorageError(f"cannot read {key!r} in {self.describe()}: {e}") from e
+        return None
+
+    def _swap_in(self, key: str, path: str, new: bytes) -> None:
+        """Publish `new` as `key` (the caller holds its lock) without renaming over an existing
+        file: ext4 flushes a file's data when it is renamed over another (auto_da_alloc), which
+        cost 0.3-0.4 ms per ledger update, most of an admission. The old file steps aside to
+        `_prev_path` first; readers that find neither take the lock (`_settled`)."""
+        directory = os.path.dirname(path)
+        fd, tmp = self._create_temp(key, directory)
+        prev = _prev_path(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(new)
+            stepped_aside = _rename_if_there(path, prev)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                if stepped_aside:
+                    os.rename(prev, path)  # the old version stays the object
+                raise
+            with suppress(FileNotFoundError):
+                os.unlink(prev)
+        except OSError as e:
+            raise StorageError(f"cannot write {key!r} in {self.describe()}: {e}") from e
+        finally:
+            with suppress(OSError):
+                os.unlink(tmp)  # gone if renamed into place
+
+    def _lock_path(self, key: str) -> str:
+        return os.path.join(self._root, LOCK_DIR, hashlib.sha256(key.encode()).hexdigest())
 
     @contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
         """An exclusive lock on `key` for every process on this host (flock on a lock file in
         the root's reserved lock directory, which `list` never shows)."""
-        locks = os.path.join(self._root, LOCK_DIR)
-        os.makedirs(locks, exist_ok=True)
-        name = hashlib.sha256(key.encode()).hexdigest()
-        fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        os.makedirs(os.path.join(self._root, LOCK_DIR), exist_ok=True)
+        fd = os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _settled(self, key: str, path: str, read: Callable[[str], T]) -> T:
+        """`read(path)`; if the file is missing while an `update` swaps it (or one died doing
+        so), wait for that update's lock and read what it left. Keys never updated have no
+        lock file and cost one failed open more."""
+        try:
+            return read(path)
+        except FileNotFoundError:
+            try:
+                fd = os.open(self._lock_path(key), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                pass
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    try:
+                        return read(path)
+                    except FileNotFoundError:
+                        return read(_prev_path(path))
+                finally:
+                    os.close(fd)
+            raise
 
     def _write_atomic(
         self,
@@ -347,7 +406,6 @@ class FileStore(ObjectStore):
         write: Callable[[IO[bytes]], object],
         *,
         if_absent: bool,
-        sync: bool = True,
     ) -> None:
         directory = os.path.dirname(path)
         fd, created = self._create_temp(key, directory)
@@ -358,8 +416,7 @@ class FileStore(ObjectStore):
                 f.flush()
                 # Data must be on disk before the rename publishes it, or a power loss could
                 # leave a complete-looking name pointing at empty/garbage blocks.
-                if sync:
-                    os.fsync(f.fileno())
+                os.fsync(f.fileno())
             try:
                 if if_absent:
                     # link() fails if the name exists: an atomic create-only publish.
@@ -375,8 +432,7 @@ class FileStore(ObjectStore):
                 ) from e
             if not if_absent:
                 tmp = None  # renamed away; nothing to clean up
-            if sync:
-                _fsync_dir(directory)  # make the rename itself durable
+            _fsync_dir(directory)  # make the rename itself durable
         except OSError as e:
             raise StorageError(f"cannot write {key!r} in {self.describe()}: {e}") from e
         finally:
@@ -412,13 +468,13 @@ class FileStore(ObjectStore):
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
-        with self._os_errors("read", key), open(path, "rb") as f:
+        with self._os_errors("read", key), self._settled(key, path, _open_read) as f:
             return f.read()
 
     def get_to_file(self, key: str, path: str | os.PathLike[str]) -> None:
         src_path = self._path(key)
         with self._os_errors("read", key):
-            src = open(src_path, "rb")  # noqa: SIM115 - closed below; errors mapped here
+            src = self._settled(key, src_path, _open_read)
         with src:
             _write_local_atomic(path, lambda f: shutil.copyfileobj(src, f, DEFAULT_CHUNK_SIZE))
 
@@ -426,16 +482,20 @@ class FileStore(ObjectStore):
         _check_chunk_size(chunk_size)
         path = self._path(key)
         with self._os_errors("read", key):
-            f = open(path, "rb")  # noqa: SIM115 - the generator closes it
+            f = self._settled(key, path, _open_read)  # the generator closes it
         return _file_chunks(f, chunk_size)
 
     def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
+        path = self._path(key)
+        try:
+            return stat.S_ISREG(self._settled(key, path, os.stat).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def size(self, key: str) -> int:
         path = self._path(key)
         with self._os_errors("stat", key):
-            st = os.stat(path)
+            st = self._settled(key, path, os.stat)
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(key, self.describe())
         return st.st_size
@@ -464,6 +524,8 @@ class FileStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         path = self._path(key)
+        with suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(_prev_path(path))  # left by an update that died mid-swap
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -497,6 +559,24 @@ class FileStore(ObjectStore):
             except OSError:
                 return
             directory = os.path.dirname(directory)
+
+
+def _prev_path(path: str) -> str:
+    """Where `FileStore.update` moves an object's old file while it swaps in the new one."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f"{TEMP_MARKER}prev-{name}")
+
+
+def _rename_if_there(src: str, dest: str) -> bool:
+    try:
+        os.rename(src, dest)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _open_read(path: str) -> IO[bytes]:
+    return open(path, "rb")
 
 
 def _file_chunks(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
