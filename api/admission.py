@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import time
+import weakref
 
 import structlog
 from prometheus_client import Counter
@@ -116,15 +117,65 @@ async def admit(
     against Temporal for jobs that ended without releasing their place (terminated). With the
     store down nothing can be counted: StoreUnavailable becomes a 503 (api.errors)."""
     wanted = quotas(key, policy)
+    if not any(q.limited for q in wanted):
+        return
+    batcher = _batchers.get(store)
+    if batcher is None:
+        batcher = _batchers[store] = _Batcher(store)
     try:
         try:
-            await asyncio.to_thread(quota.admit, store, job_id, wanted, time.time())
+            await batcher.admit(job_id, wanted)
         except quota.Refused as refused:
             if not refused.concurrent or not await _reclaim(client, store, refused.quota):
                 raise
-            await asyncio.to_thread(quota.admit, store, job_id, wanted, time.time())
+            await batcher.admit(job_id, wanted)
     except quota.Refused as refused:
         raise _rate_limited(refused, key) from None
+
+
+class _Batcher:
+    """Group commit for one store's admissions in this process: requests that arrive while a
+    batch is being written go together in the next one (`quota.admit_all`, one update per
+    ledger). A burst of one user's POSTs otherwise queues for that ledger's lock one by one,
+    each holding it for a thread's several GIL hand-overs."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self._waiting: list[tuple[str, list[quota.Quota], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def admit(self, job_id: str, wanted: list[quota.Quota]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((job_id, wanted, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await done
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            requests = [(job_id, wanted) for job_id, wanted, _ in batch]
+            now = time.time()
+            try:
+                outcome = await asyncio.to_thread(quota.admit_all, self._store, requests, now)
+            except Exception as err:  # the store failed: every request of the batch hears it
+                for _, _, done in batch:
+                    _settle(done, err)
+                continue
+            for job_id, _, done in batch:
+                _settle(done, outcome[job_id])
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():  # its request was cancelled meanwhile
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+_batchers: weakref.WeakKeyDictionary[ObjectStore, _Batcher] = weakref.WeakKeyDictionary()
 
 
 async def give_back(store: ObjectStore, key: ApiKey, policy: TierPolicy, job_id: str) -> None:

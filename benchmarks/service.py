@@ -37,9 +37,11 @@ from api import jobs
 from benchmarks.history import Progress, timeline
 from benchmarks.results import Benchmark, percentile
 from videogen import contracts as c
+from videogen import quota
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY, ApiKey, TierPolicy
 from videogen.stack import Stack, gpu_worker_pid
+from videogen.storage import FileStore
 
 # The short job of the pickup/overhead runs: about a second on a 2-core CPU.
 SHORT: dict[str, Any] = {"size": "64x64", "seconds": 1, "num_inference_steps": 3}
@@ -519,6 +521,25 @@ async def admission(d: Driver, clients: int, seconds: float, bench: Benchmark) -
         cfg,
     )
     bench.samples["outcomes (job workflow starts)"] = codes
+    _ledger_cost(bench)
+
+
+def _ledger_cost(bench: Benchmark, repeats: int = 200) -> None:
+    """One admission's ledger work (a user and a tier ledger, one update each) on a FileStore,
+    outside any server: with an empty tier and with 2,000 jobs already active in it."""
+    limits = quota.Quota(quota.Scope.USER, "u", 10**9, 10**9)
+    tier = quota.Quota(quota.Scope.TIER, "t", 10**9, 10**9)
+    with tempfile.TemporaryDirectory() as root:
+        store = FileStore(root)
+        for active in (0, 2000):
+            while len(quota.active(store, tier)) < active:
+                quota.admit(store, jobs.new_job_id(), [limits, tier], time.time())
+            started = time.perf_counter()
+            for _ in range(repeats):
+                quota.admit(store, jobs.new_job_id(), [limits, tier], time.time())
+            per_admit = (time.perf_counter() - started) / repeats * 1000
+            label = f"ledger work per admission, {active} jobs active (no server)"
+            bench.add(label, per_admit, "ms", repeats, "FileStore, one thread")
 
 
 def _merge(

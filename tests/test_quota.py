@@ -110,3 +110,73 @@ def test_threads_never_over_admit(store: FileStore) -> None:
         t.join()
     assert len(admitted) == 10
     assert set(quota.active(store, q[0])) == set(admitted)
+
+
+def test_active_jobs_text_finds_whole_tokens_only() -> None:
+    jobs = quota.ActiveJobs()
+    for i, job in enumerate(["video_ab", "xvideo_a", "video_a", "video_abc"]):
+        jobs.add(job, 100 + i)
+    assert len(jobs) == 4 and "video_a" in jobs and "video_" not in jobs
+    assert jobs.remove("video_a") == 102  # not the "video_a" inside "xvideo_a@101"
+    assert jobs.text == "video_ab@100 xvideo_a@101 video_abc@103"
+    assert jobs.remove("video_ab") == 100 and jobs.remove("video_abc") == 103
+    assert jobs.text == "xvideo_a@101" and jobs.remove("video_zz") is None
+    assert jobs.remove("xvideo_a") == 101 and len(jobs) == 0 and jobs.text == ""
+    with pytest.raises(ValueError, match="without spaces or '@'"):
+        jobs.add("video a", 1)
+
+
+def test_ledger_reads_the_earlier_all_json_encoding() -> None:
+    old = b'{"scope":"user","name":"u","active":{"video_a":5,"video_b":6},"recent":{"5":2}}'
+    ledger = quota.Ledger.load(old, quota.Quota(quota.Scope.USER, "u", concurrent=3))
+    assert ledger.active.items() == {"video_a": 5, "video_b": 6}
+    assert ledger.submissions() == 2
+    again = quota.Ledger.load(ledger.dump(), quota.Quota(quota.Scope.USER, "u"))
+    assert again.active.items() == {"video_a": 5, "video_b": 6} and again.recent == {"5": 2}
+
+
+def test_a_batch_admits_in_order_with_one_update_per_ledger(store: FileStore) -> None:
+    updates: list[str] = []
+    real_update = store.update
+
+    def counting(key: str, change: quota.Change) -> None:
+        updates.append(key)
+        real_update(key, change)
+
+    store.update = counting  # type: ignore[method-assign]
+    bob = Quota(Scope.USER, "bob", concurrent=1)
+    tier = Quota(Scope.TIER, "free", concurrent=3)
+    alice = _user(concurrent=2)
+    jobs = [("video_1", [alice, tier]), ("video_2", [bob, tier]), ("video_3", [alice, tier])]
+    jobs += [("video_4", [alice, tier]), ("video_5", [bob, tier]), ("video_1", [alice, tier])]
+    outcome = quota.admit_all(store, jobs, T0)
+    assert {j for j, r in outcome.items() if r is None} == {"video_1", "video_2", "video_3"}
+    assert outcome["video_4"].limit == Limit.USER_CONCURRENT  # type: ignore[union-attr]
+    assert outcome["video_5"].limit == Limit.USER_CONCURRENT  # type: ignore[union-attr]
+    assert len(updates) == 3  # alice, bob, then the tier: not one per job
+    assert set(quota.active(store, tier)) == {"video_1", "video_2", "video_3"}
+    # The tier is full now: a user place taken in the same batch is given back.
+    roomier = _user(concurrent=9)  # alice again, her ledger with room to spare
+    outcome = quota.admit_all(store, [("video_6", [roomier, tier])], T0)
+    assert outcome["video_6"].limit == Limit.TIER_CONCURRENT  # type: ignore[union-attr]
+    assert set(quota.active(store, roomier)) == {"video_1", "video_3"}
+
+
+def test_a_store_failure_undoes_the_whole_batch(store: FileStore) -> None:
+    real_update = store.update
+    user, tier = _user(concurrent=5, per_minute=5), Quota(Scope.TIER, "free", concurrent=5)
+    calls = {"n": 0}
+
+    def flaky(key: str, change: quota.Change) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the tier's update, after the user's went through
+            raise RuntimeError("store down")
+        real_update(key, change)
+
+    store.update = flaky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="store down"):
+        quota.admit_all(store, [("video_a", [user, tier]), ("video_b", [user, tier])], T0)
+    store.update = real_update  # type: ignore[method-assign]
+    assert quota.active(store, user) == {}
+    for job in ("video_1", "video_2", "video_3", "video_4", "video_5"):  # per minute given back
+        quota.admit(store, job, [user], T0 + 1)

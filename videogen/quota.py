@@ -7,11 +7,17 @@ eventually consistent, and it lags exactly when a burst arrives (200 concurrent 
 a user allowed 10 admitted 111). An update of one ledger is linearizable: however many replicas
 admit at once, each sees the previous admission, so none admits past the limit.
 
-A ledger (`admission/{scope}/{sha256 of the name}.json`):
+A ledger (`admission/{scope}/{sha256 of the name}.json`) is a line of JSON, then the active
+jobs:
 
-    {"scope": "user", "name": "alice",
-     "active": {"video_1f..": 1764547200},     # queued or running jobs, by admission time
-     "recent": {"1764547200": 3}}              # admissions of the last minute, per second
+    {"scope":"user","name":"alice","recent":{"1764547200":3}}
+    video_1f..@1764547200 video_2a..@1764547203
+
+`recent` counts the admissions of the last minute, per second. The second line holds the
+queued or running jobs as `job@admitted_second` tokens. A tier may have thousands of active
+jobs: as a JSON object of 1,300 entries they cost 0.8 ms per update to decode and encode, and
+as a JSON string still 0.3 ms (the encoder scans it for escapes), most of an admission. Plain
+text is found in and spliced at memory speed.
 
 The life of an entry:
 
@@ -94,29 +100,72 @@ def ledger_key(scope: Scope, name: str) -> str:
     return f"admission/{scope}/{hashlib.sha256(name.encode()).hexdigest()[:40]}.json"
 
 
+class ActiveJobs:
+    """A ledger's queued or running jobs: `job@admitted_second` tokens joined by spaces."""
+
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+
+    @classmethod
+    def load(cls, raw: dict[str, int]) -> ActiveJobs:
+        return cls(" ".join(f"{job}@{int(t)}" for job, t in raw.items()))
+
+    def __len__(self) -> int:
+        return self.text.count(" ") + 1 if self.text else 0
+
+    def __contains__(self, job_id: str) -> bool:
+        return self._find(job_id) >= 0
+
+    def _find(self, job_id: str) -> int:
+        needle = job_id + "@"
+        i = self.text.find(needle)
+        while i > 0 and self.text[i - 1] != " ":  # inside another token: look further
+            i = self.text.find(needle, i + 1)
+        return i
+
+    def add(self, job_id: str, second: int) -> None:
+        if not job_id or " " in job_id or "@" in job_id:
+            raise ValueError(f"job id {job_id!r}: must be non-empty, without spaces or '@'")
+        token = f"{job_id}@{second}"
+        self.text = f"{self.text} {token}" if self.text else token
+
+    def remove(self, job_id: str) -> int | None:
+        """Take the job out; its admission second, or None if it was not there."""
+        start = self._find(job_id)
+        if start < 0:
+            return None
+        end = self.text.find(" ", start)
+        end = len(self.text) if end < 0 else end
+        second = int(self.text[start + len(job_id) + 1 : end])
+        before, after = self.text[:start].rstrip(" "), self.text[end:].lstrip(" ")
+        self.text = f"{before} {after}" if before and after else before or after
+        return second
+
+    def items(self) -> dict[str, int]:
+        jobs = (token.rpartition("@") for token in self.text.split(" ") if token)
+        return {job: int(second) for job, _, second in jobs}
+
+
 @dataclass
 class Ledger:
     scope: str
     name: str
-    # Queued or running jobs, by admission time in whole seconds (ints encode fast).
-    active: dict[str, int]
+    active: ActiveJobs
     # Admissions per whole second, as JSON keys: a count over the minute costs 60 entries at
     # most, however busy the tier. An admission counts until a second after its exact expiry.
     recent: dict[str, int]
 
     @classmethod
     def load(cls, raw: bytes | None, quota: Quota) -> Ledger:
-        data = json.loads(raw) if raw else {}
-        return cls(quota.scope, quota.name, data.get("active", {}), data.get("recent", {}))
+        header, _, active = (raw or b"").partition(b"\n")
+        data = json.loads(header) if header else {}
+        if "active" in data:  # the earlier encoding: all JSON, active as {job: second}
+            return cls(quota.scope, quota.name, ActiveJobs.load(data["active"]), data["recent"])
+        return cls(quota.scope, quota.name, ActiveJobs(active.decode()), data.get("recent", {}))
 
     def dump(self) -> bytes:
-        data = {
-            "scope": self.scope,
-            "name": self.name,
-            "active": self.active,
-            "recent": self.recent,
-        }
-        return json.dumps(data, separators=(",", ":")).encode()
+        data = {"scope": self.scope, "name": self.name, "recent": self.recent}
+        return json.dumps(data, separators=(",", ":")).encode() + b"\n" + self.active.text.encode()
 
     def prune(self, now: float) -> None:
         self.recent = {s: n for s, n in self.recent.items() if int(s) + WINDOW_S + 1 > now}
@@ -134,33 +183,18 @@ class Ledger:
         return 1
 
     def add(self, job_id: str, now: float) -> None:
-        self.active[job_id] = int(now)
+        self.active.add(job_id, int(now))
         second = str(int(now))
         self.recent[second] = self.recent.get(second, 0) + 1
 
-    def remove(self, job_id: str, *, from_recent: bool) -> None:
-        admitted = self.active.pop(job_id)
-        second = str(int(admitted))
+    def remove(self, job_id: str, *, from_recent: bool) -> bool:
+        admitted = self.active.remove(job_id)
+        if admitted is None:
+            return False
+        second = str(admitted)
         if from_recent and self.recent.get(second, 0) > 0:
             self.recent[second] -= 1
-
-
-def _take(quota: Quota, job_id: str, now: float) -> Change:
-    def change(raw: bytes | None) -> bytes | None:
-        ledger = Ledger.load(raw, quota)
-        if job_id in ledger.active:
-            return None  # a concurrent retry of the same request: already admitted
-        ledger.prune(now)
-        if quota.concurrent and len(ledger.active) >= quota.concurrent:
-            limit = Limit(f"{quota.scope}_concurrent")
-            raise Refused(quota, limit, quota.concurrent, CONCURRENT_RETRY_AFTER_S)
-        if quota.per_minute and ledger.submissions() >= quota.per_minute:
-            retry = ledger.retry_after(quota.per_minute, now)
-            raise Refused(quota, Limit(f"{quota.scope}_per_minute"), quota.per_minute, retry)
-        ledger.add(job_id, now)
-        return ledger.dump()
-
-    return change
+        return True
 
 
 def _drop(quota: Quota, job_ids: set[str], *, from_recent: bool) -> Change:
@@ -168,12 +202,8 @@ def _drop(quota: Quota, job_ids: set[str], *, from_recent: bool) -> Change:
         if raw is None:
             return None
         ledger = Ledger.load(raw, quota)
-        hit = job_ids & ledger.active.keys()
-        if not hit:
-            return None
-        for job_id in hit:
-            ledger.remove(job_id, from_recent=from_recent)
-        return ledger.dump()
+        hit = [ledger.remove(job_id, from_recent=from_recent) for job_id in job_ids]
+        return ledger.dump() if any(hit) else None
 
     return change
 
@@ -181,16 +211,79 @@ def _drop(quota: Quota, job_ids: set[str], *, from_recent: bool) -> Change:
 def admit(store: ObjectStore, job_id: str, quotas: list[Quota], now: float) -> None:
     """Count `job_id` in every limited ledger of `quotas`, or raise `Refused` and count it in
     none (a ledger already taken is given back). Blocking: call it from a thread."""
-    taken: list[Quota] = []
+    refused = admit_all(store, [(job_id, quotas)], now)[job_id]
+    if refused is not None:
+        raise refused
+
+
+def admit_all(
+    store: ObjectStore, requests: list[tuple[str, list[Quota]]], now: float
+) -> dict[str, Refused | None]:
+    """`admit` for several jobs at once, with one update per ledger however many jobs it
+    counts: a burst's admissions waiting in one process cost one read-modify-write, not one
+    each queued behind the ledger's lock. Jobs are taken in order; each job's outcome is None
+    (admitted) or its `Refused`. A store failure undoes the whole batch and propagates."""
+    outcome: dict[str, Refused | None] = {job_id: None for job_id, _ in requests}
+    taken: list[tuple[Quota, str]] = []
     try:
-        for quota in quotas:
-            if quota.limited:
-                store.update(ledger_key(quota.scope, quota.name), _take(quota, job_id, now))
-                taken.append(quota)
+        for position in range(max((len(q) for _, q in requests), default=0)):
+            groups: dict[Quota, list[str]] = {}
+            for job_id, quotas in requests:
+                if outcome[job_id] is None and position < len(quotas) and quotas[position].limited:
+                    groups.setdefault(quotas[position], []).append(job_id)
+            for quota, job_ids in groups.items():
+                results = _take(store, quota, job_ids, now)
+                for job_id in job_ids:
+                    outcome[job_id] = outcome[job_id] or results.get(job_id)
+                    if job_id not in results:
+                        taken.append((quota, job_id))
     except BaseException:
-        for quota in taken:
-            forget(store, quota, {job_id}, from_recent=True)
+        _give_back(store, taken)
         raise
+    _give_back(store, [(q, job_id) for q, job_id in taken if outcome[job_id] is not None])
+    return outcome
+
+
+def _take(store: ObjectStore, quota: Quota, job_ids: list[str], now: float) -> dict[str, Refused]:
+    """One update of `quota`'s ledger that admits `job_ids` in order; the refused ones."""
+    refused: dict[str, Refused] = {}
+
+    def change(raw: bytes | None) -> bytes | None:
+        refused.clear()  # called again after a lost race: start over
+        ledger = Ledger.load(raw, quota)
+        ledger.prune(now)
+        added = False
+        for job_id in job_ids:
+            if job_id in ledger.active:
+                continue  # a concurrent retry of the same request: already admitted
+            reason = _refusal(ledger, quota, now)
+            if reason is not None:
+                refused[job_id] = reason
+            else:
+                ledger.add(job_id, now)
+                added = True
+        return ledger.dump() if added else None
+
+    store.update(ledger_key(quota.scope, quota.name), change)
+    return dict(refused)
+
+
+def _refusal(ledger: Ledger, quota: Quota, now: float) -> Refused | None:
+    if quota.concurrent and len(ledger.active) >= quota.concurrent:
+        limit = Limit(f"{quota.scope}_concurrent")
+        return Refused(quota, limit, quota.concurrent, CONCURRENT_RETRY_AFTER_S)
+    if quota.per_minute and ledger.submissions() >= quota.per_minute:
+        retry = ledger.retry_after(quota.per_minute, now)
+        return Refused(quota, Limit(f"{quota.scope}_per_minute"), quota.per_minute, retry)
+    return None
+
+
+def _give_back(store: ObjectStore, taken: list[tuple[Quota, str]]) -> None:
+    by_quota: dict[Quota, set[str]] = {}
+    for quota, job_id in taken:
+        by_quota.setdefault(quota, set()).add(job_id)
+    for quota, job_ids in by_quota.items():
+        forget(store, quota, job_ids, from_recent=True)
 
 
 def release(store: ObjectStore, job_id: str, user: str, tier: str) -> None:
@@ -216,4 +309,4 @@ def active(store: ObjectStore, quota: Quota) -> dict[str, int]:
         raw: bytes | None = store.get(ledger_key(quota.scope, quota.name))
     except NotFound:
         raw = None
-    return Ledger.load(raw, quota).active
+    return Ledger.load(raw, quota).active.items()
