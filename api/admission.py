@@ -121,14 +121,14 @@ async def admit(
         return
     batcher = _batchers.get(store)
     if batcher is None:
-        batcher = _batchers[store] = _Batcher(store)
+        batcher = _batchers[store] = _Batcher()
     try:
         try:
-            await batcher.admit(job_id, wanted)
+            await batcher.admit(store, job_id, wanted)
         except quota.Refused as refused:
             if not refused.concurrent or not await _reclaim(client, store, refused.quota):
                 raise
-            await batcher.admit(job_id, wanted)
+            await batcher.admit(store, job_id, wanted)
     except quota.Refused as refused:
         raise _rate_limited(refused, key) from None
 
@@ -139,25 +139,25 @@ class _Batcher:
     ledger). A burst of one user's POSTs otherwise queues for that ledger's lock one by one,
     each holding it for a thread's several GIL hand-overs."""
 
-    def __init__(self, store: ObjectStore) -> None:
-        self._store = store
+    def __init__(self) -> None:
         self._waiting: list[tuple[str, list[quota.Quota], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def admit(self, job_id: str, wanted: list[quota.Quota]) -> None:
+    async def admit(self, store: ObjectStore, job_id: str, wanted: list[quota.Quota]) -> None:
         done = asyncio.get_running_loop().create_future()
         self._waiting.append((job_id, wanted, done))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+            self._writer = asyncio.create_task(self._write(store))
         await done
 
-    async def _write(self) -> None:
+    # The store is an argument, not an attribute: `_batchers` holds its key weakly.
+    async def _write(self, store: ObjectStore) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             requests = [(job_id, wanted) for job_id, wanted, _ in batch]
             now = time.time()
             try:
-                outcome = await asyncio.to_thread(quota.admit_all, self._store, requests, now)
+                outcome = await asyncio.to_thread(quota.admit_all, store, requests, now)
             except Exception as err:  # the store failed: every request of the batch hears it
                 for _, _, done in batch:
                     _settle(done, err)
