@@ -6,10 +6,12 @@ BIN := $(VENV)/bin
 #   PIP_INDEX_URL=https://download.pytorch.org/whl/cu128 ... (docs/operations.md, "A real
 #   model on a GPU host").
 TORCH ?= torch==2.13.0
-PROMPT ?= a red fox running through fresh snow
+PROMPT ?= a red ball bouncing on a wooden floor
 PYTEST_ARGS ?=
+# e.g. TRAIN_ARGS="--set dit_steps=5000 --work .data/train" (python -m videogen.tiny.train --help)
+TRAIN_ARGS ?=
 
-.PHONY: venv demo test test-fast test-faults up lint clean bench sim tools
+.PHONY: venv demo test test-fast test-faults up lint clean bench sim tools train-tiny eval-tiny
 
 venv: $(VENV)/.installed
 
@@ -54,6 +56,15 @@ test-fast: venv tools
 # (pytest.mark.timeout). `make test` runs these too.
 test-faults: venv tools
 	$(BIN)/python -m pytest -m fault -q $(PYTEST_ARGS)
+
+# The built-in model: train it again (about 50 minutes on 2 cores; writes videogen/tiny/model,
+# which is committed), and measure its prompt adherence (a few minutes; writes
+# benchmarks/results/tiny/). Neither is part of `make test`.
+train-tiny: venv
+	$(BIN)/python -m videogen.tiny.train $(TRAIN_ARGS)
+
+eval-tiny: venv
+	$(BIN)/python -m videogen.tiny.evaluate
 
 # Benchmarks of the service on the embedded stack: figures printed and written to
 # benchmarks/results/ (never part of `make test`'s pass/fail).

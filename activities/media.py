@@ -172,6 +172,23 @@ def frames_from_bytes(data: bytes) -> np.ndarray:
 # MP4
 
 
+def scale_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Frames scaled to `width` x `height` (bicubic, Pillow's integer arithmetic: the same bytes
+    on every CPU); the frames themselves if they have that size already. A model that draws
+    smaller than the size asked for (the built-in one) is shown at that size this way."""
+    frames = _check_frames(frames)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"need width and height > 0, got {width}x{height}")
+    if frames.shape[1:3] == (height, width):
+        return frames
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC))
+            for frame in frames
+        ]
+    )
+
+
 def _bt709_limited_coefficients() -> tuple[np.ndarray, np.ndarray]:
     # BT.709 is what browsers assume for untagged HD video, and we also tag the stream with it,
     # so decoders that honour tags and those that guess both get the colours right.

@@ -15,8 +15,9 @@ components with all mutable state in one `DenoiseState` object:
 `generate()` is that loop with a progress callback. For the same seed and parameters the output
 equals `WanPipeline.__call__` bit for bit (tests/test_pipeline.py checks it).
 
-The built-in tiny model (`build_tiny_pipeline`) has the Wan architecture with random weights
-seeded in code, so everything above runs on a CPU without downloading anything.
+Every model, the built-in one included, is a local diffusers directory loaded with
+`from_pretrained`; the built-in model (`videogen/tiny/model`, trained by `make train-tiny`) is
+small enough that all of the above runs on a CPU without downloading anything.
 """
 
 from __future__ import annotations
@@ -34,24 +35,17 @@ import torch
 from diffusers import (
     AutoencoderKLWan,
     SchedulerMixin,
-    UniPCMultistepScheduler,
     WanPipeline,
-    WanTransformer3DModel,
 )
+from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+from transformers.utils import logging as transformers_logging
 
 from videogen.catalog import MAX_SEED, ModelSpec
 from videogen.contracts import VideoRequest
 
-# WanPipeline.__call__'s default; encode_prompt's own default (226) differs, so pass it always.
-MAX_SEQUENCE_LENGTH = 512
-
-# Seed of the built-in tiny model's weights: part of its identity, never change it casually
-# (checkpoints of running jobs carry the weights hash and would no longer resume).
-TINY_WEIGHTS_SEED = 0
-
-# Wan's pixel-to-latent factors (VAE) times the transformer's spatial patch size (1, 2, 2).
+# Pixel-to-latent factor times the transformer's spatial patch: Wan2.1's 8 x 2, the built-in
+# model's 4 x 4.
 SIZE_MULTIPLE = 16
 FRAME_STRIDE = 4
 
@@ -98,14 +92,16 @@ class GenerationParams:
     guidance_scale: float
 
     @classmethod
-    def from_request(cls, req: VideoRequest) -> GenerationParams:
-        """The parameters of a job's request (the rest of it is scheduling, not generation)."""
+    def from_request(cls, req: VideoRequest, spec: ModelSpec) -> GenerationParams:
+        """The parameters of a job's request (the rest of it is scheduling, not generation),
+        at the size `spec`'s model draws for it (the encoder scales frames to the request's)."""
+        width, height = spec.generated_dims(f"{req.width}x{req.height}")
         return cls(
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,
             seed=req.seed,
-            width=req.width,
-            height=req.height,
+            width=width,
+            height=height,
             num_frames=req.num_frames,
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
@@ -151,74 +147,6 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_tiny_pipeline(seed: int = 0) -> WanPipeline:
-    """A tiny Wan text-to-video pipeline with random weights, seeded and built from configs.
-
-    Sized so a default tiny job (256x256, 17 frames, 20 steps, guidance on) takes 3-4 s on a
-    2-core CPU: about 100 ms per step (two transformer passes) plus about 1.1 s of VAE decode.
-    The decode barely shrinks with the VAE's size at 256x256 (per-frame causal convolutions
-    and norms at full resolution), so the VAE is the smallest that works (3 base channels,
-    one residual block per decoder stage) and the transformer carries the visible progress.
-    A 64x64, 9-frame, 3-step job takes about 0.15 s.
-    Same seed → bitwise the same weights, in any process.
-    """
-    text_dim = 32
-    # fork_rng: seeding must not disturb the caller's global RNG, and nothing the caller did
-    # with it may change these weights. Construction order is part of the weights' identity.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=384,  # ByT5: 256 bytes + 3 special tokens + 125 extra ids
-                d_model=text_dim,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-            )
-        )
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=0,
-            temperal_downsample=[False, True, True],
-        )
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=4,
-            attention_head_dim=32,
-            in_channels=16,
-            out_channels=16,
-            text_dim=text_dim,
-            freq_dim=256,
-            ffn_dim=256,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=64,
-        )
-    # Wan2.1's own scheduler setup (flow_shift 3.0 is its 480p default).
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        num_train_timesteps=1000,
-        flow_shift=3.0,
-    )
-    pipe = WanPipeline(
-        tokenizer=ByT5Tokenizer(),  # byte-level: needs no vocabulary file
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=scheduler,
-        transformer=transformer,
-    )
-    # float32 is the construction default; eval() turns off the T5 encoder's dropout.
-    for module in (text_encoder, vae, transformer):
-        module.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _hashed_modules(pipe: WanPipeline) -> list[tuple[str, torch.nn.Module]]:
     return [
         ("transformer", pipe.transformer),
@@ -254,26 +182,28 @@ def _clone_weights(module: torch.nn.Module) -> None:
 def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
     """Load (or build) the spec's pipeline on `device`, weights cloned, models in eval().
 
-    dtypes: the tiny model is float32 everywhere. A real Wan directory loads transformer and
-    text encoder in bfloat16 on CUDA (float32 on the CPU, where bfloat16 is slow) and the VAE
-    always in float32, as the Wan model card recommends for decoding quality.
-    Only Wan2.1-style directories (one transformer, no expanded timesteps) are supported.
+    dtypes: transformer and text encoder in bfloat16 on CUDA (float32 on the CPU, where
+    bfloat16 is slow) and the VAE always in float32, as the Wan model card recommends for
+    decoding quality. Only Wan2.1-style directories (one transformer, no expanded timesteps)
+    are supported. The built-in model loads exactly as any other directory.
     """
     started = time.perf_counter()
     if spec.path is None:
-        pipe = build_tiny_pipeline(TINY_WEIGHTS_SEED)
-    else:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        raise ValueError(f"model {spec.name!r} has no directory to load")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # Progress bars of a load that takes well under a second are noise in a worker's log.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    # fork_rng: loading must neither use nor disturb the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
         # `dtype`, not `torch_dtype`: the latter is deprecated in diffusers 0.42.
         vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32)
         pipe = WanPipeline.from_pretrained(spec.path, vae=vae, dtype=dtype)
-        if pipe.transformer is None or pipe.transformer_2 is not None:
-            raise ValueError(
-                f"{spec.path}: only single-transformer (Wan2.1) pipelines are supported"
-            )
-        if pipe.config.expand_timesteps:
-            raise ValueError(f"{spec.path}: expand_timesteps (Wan2.2 TI2V) is not supported")
-        pipe.set_progress_bar_config(disable=True)
+    if pipe.transformer is None or pipe.transformer_2 is not None:
+        raise ValueError(f"{spec.path}: only single-transformer (Wan2.1) pipelines are supported")
+    if pipe.config.expand_timesteps:
+        raise ValueError(f"{spec.path}: expand_timesteps (Wan2.2 TI2V) is not supported")
+    pipe.set_progress_bar_config(disable=True)
     for _, module in _hashed_modules(pipe):
         _clone_weights(module)
         module.eval()
@@ -331,7 +261,7 @@ def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:
             negative_prompt=params.negative_prompt,
             do_classifier_free_guidance=do_cfg,
             num_videos_per_prompt=1,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            max_sequence_length=model.spec.max_sequence_length,
             device=device,
         )
         prompt_embeds = prompt_embeds.to(model.transformer_dtype)

@@ -42,6 +42,8 @@ class PostprocessActivities:
                 type=c.ErrorCode.FRAMES_CORRUPT,
                 non_retryable=True,
             )
+        if inp.width and inp.height:
+            frames = media.scale_frames(frames, inp.width, inp.height)
         prefix = c.outputs_prefix(inp.job_id)
         keys = {variant: prefix + name for variant, (name, _) in c.VARIANTS.items()}
         video = self._publish(keys["video"], media.encode_mp4(frames, inp.fps))

@@ -25,8 +25,13 @@ SMALL = {"size": "64x64", "seconds": 1, "num_inference_steps": 3}
 # Preemption tests' stacks: checkpoints every 4 steps, an ungraceful death noticed after 3 s.
 HEARTBEAT_TIMEOUT_S = 3
 EVERY_STEPS = 4
-# Long enough to be interrupted several times: ~25 ms a step on an idle 2-core machine.
-JOB = {"size": "128x128", "seconds": 1, "num_inference_steps": 60}
+# Long enough to be interrupted several times, at the length the built-in model was trained at.
+JOB = {
+    "prompt": "a red square moving right",
+    "size": "128x128",
+    "seconds": 2,
+    "num_inference_steps": 60,
+}
 
 
 def preemption_env(prefix: str) -> dict[str, str]:
@@ -87,7 +92,7 @@ def generation_params(body: dict[str, Any]) -> Any:
 
     req = {"prompt": "a lighthouse in a storm", **SMALL, **body}
     spec = catalog.TINY_SPEC
-    width, height = spec.parse_size(req["size"])
+    width, height = spec.generated_dims(req["size"])
     return pipeline.GenerationParams(
         prompt=req["prompt"],
         negative_prompt=req.get("negative_prompt", ""),
@@ -121,7 +126,9 @@ def assert_reference_video(api: httpx.Client, job_id: str, body: dict[str, Any])
     assert hashlib.sha256(content).hexdigest() == v["video_sha256"], (
         f"{job_id}: the stored MP4 is not the one the job's result names"
     )
-    assert content == media.encode_mp4(frames, catalog.TINY_SPEC.fps), (
+    width, height = catalog.TINY_SPEC.parse_size(v["size"])
+    scaled = media.scale_frames(frames, width, height)
+    assert content == media.encode_mp4(scaled, catalog.TINY_SPEC.fps), (
         f"{job_id}: same frames, but the MP4 bytes differ from this process's encode"
     )
 

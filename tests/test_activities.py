@@ -170,7 +170,7 @@ LONG = {"num_inference_steps": 40}
 
 
 def _reference(model: pipeline.LoadedModel, req: c.VideoRequest) -> np.ndarray:
-    return pipeline.generate(model, pipeline.GenerationParams.from_request(req))
+    return pipeline.generate(model, pipeline.GenerationParams.from_request(req, model.spec))
 
 
 async def _run_until(

@@ -69,6 +69,7 @@ def test_harness_help_lists_every_benchmark() -> None:
         "checkpoint",
         "recovery",
         "cancel",
+        "adherence",
     ):
         assert name in out.stdout
 

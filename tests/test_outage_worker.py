@@ -69,7 +69,7 @@ def _env(
 
 
 def _reference(model: pipeline.LoadedModel, req: c.VideoRequest) -> np.ndarray:
-    return pipeline.generate(model, pipeline.GenerationParams.from_request(req))
+    return pipeline.generate(model, pipeline.GenerationParams.from_request(req, model.spec))
 
 
 def _frames(store: FileStore, out: c.GenerateOutput) -> np.ndarray:
@@ -220,7 +220,7 @@ async def test_stored_frames_are_reused_only_when_verified(
     frames = media.frames_from_bytes(store.get(key)).copy()
     frames[0, 0, 0, 0] ^= 1
     store.put(key, media.frames_to_bytes(frames))  # damaged after its manifest was written
-    params = pipeline.GenerationParams.from_request(req)
+    params = pipeline.GenerationParams.from_request(req, catalog.TINY_SPEC)
     found, skipped, finished = checkpoint.find_published_frames(
         store, model, params, job_id=req.job_id, before_attempt=2
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,6 @@ from activities.pipeline import (
     GenerationParams,
     LoadedModel,
     PoisonedStateError,
-    build_tiny_pipeline,
     check_params,
     decode,
     decode_float,
@@ -26,9 +26,8 @@ from activities.pipeline import (
     generate,
     load_pipeline,
     prepare,
-    weights_hash,
 )
-from videogen.catalog import TINY_SPEC, spec_for_path
+from videogen.catalog import SPEC_FILE, TINY_SPEC, spec_for_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +67,7 @@ def test_loop_equals_wan_pipeline_bit_for_bit(model: LoadedModel, guidance_scale
         guidance_scale=params.guidance_scale,
         generator=torch.Generator().manual_seed(params.seed),
         output_type="np",
-        max_sequence_length=512,
+        max_sequence_length=TINY_SPEC.max_sequence_length,
     ).frames[0]
 
     state = run_to_end(model, prepare(model, params))
@@ -84,8 +83,7 @@ def test_output_is_uint8_frames(model: LoadedModel) -> None:
     frames = generate(model, SMALL)
     assert frames.dtype == np.uint8
     assert frames.shape == (SMALL.num_frames, SMALL.height, SMALL.width, 3)
-    # Random weights still give an image, not a constant.
-    assert frames.std() > 0
+    assert frames.std() > 0  # an image, not a constant
 
 
 def test_same_seed_same_frames_other_seed_other_frames(model: LoadedModel) -> None:
@@ -96,17 +94,18 @@ def test_same_seed_same_frames_other_seed_other_frames(model: LoadedModel) -> No
     assert not np.array_equal(first, other)
 
 
-def test_tiny_weights_are_deterministic() -> None:
-    first = weights_hash(build_tiny_pipeline(0))
-    assert weights_hash(build_tiny_pipeline(0)) == first
-    assert weights_hash(build_tiny_pipeline(1)) != first
-    assert load_pipeline(TINY_SPEC, "cpu").weights_hash == first
+def test_the_built_in_model_loads_the_same_weights_every_time(model: LoadedModel) -> None:
+    again = load_pipeline(TINY_SPEC, "cpu")
+    assert again.weights_hash == model.weights_hash
+    assert TINY_SPEC.path is not None and again.spec.path == TINY_SPEC.path
 
 
 def test_load_from_directory_keeps_weights_and_output(model: LoadedModel, tmp_path: Path) -> None:
-    # The from_pretrained path, without a hub: the tiny model saved as a diffusers directory.
+    # Saved again as a diffusers directory, with its spec (the prompt length changes the output).
     model.pipe.save_pretrained(tmp_path)
+    shutil.copy(Path(TINY_SPEC.path or "") / SPEC_FILE, tmp_path)
     loaded = load_pipeline(spec_for_path(str(tmp_path)), "cpu")
+    assert loaded.spec.max_sequence_length == TINY_SPEC.max_sequence_length
     assert loaded.pipe.transformer.dtype == torch.float32  # float32 on the CPU
     assert loaded.weights_hash == model.weights_hash
     params = dataclasses.replace(SMALL, num_inference_steps=2)
@@ -114,20 +113,20 @@ def test_load_from_directory_keeps_weights_and_output(model: LoadedModel, tmp_pa
 
 
 @pytest.mark.slow
-def test_tiny_weights_are_the_same_in_another_process() -> None:
+def test_the_built_in_model_s_weights_are_the_same_in_another_process(model: LoadedModel) -> None:
     code = (
-        "from activities.pipeline import build_tiny_pipeline, weights_hash;"
-        "print(weights_hash(build_tiny_pipeline(0)))"
+        "from activities.pipeline import load_pipeline; from videogen.catalog import TINY_SPEC;"
+        "print(load_pipeline(TINY_SPEC, 'cpu').weights_hash)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == weights_hash(build_tiny_pipeline(0))
+    assert out.stdout.strip().splitlines()[-1] == model.weights_hash
 
 
-def test_building_leaves_the_global_rng_alone() -> None:
+def test_loading_leaves_the_global_rng_alone() -> None:
     before = torch.get_rng_state()
-    build_tiny_pipeline(0)
+    load_pipeline(TINY_SPEC, "cpu")
     assert torch.equal(torch.get_rng_state(), before)
 
 

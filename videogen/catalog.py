@@ -1,15 +1,22 @@
 """What each model can generate: sizes, lengths, step defaults.
 
 The API validates requests against these specs before a workflow is started, so this module
-must stay light (no torch, no diffusers): the API process never loads a model.
+must stay light (no torch, no diffusers): the API process never loads a model. A model
+directory may carry a `videogen.json` that states its own spec (the built-in model's does).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 TINY_MODEL = "videogen-tiny"
+# The built-in model: a diffusers directory trained by `make train-tiny` (videogen.tiny.train).
+TINY_DIR = Path(__file__).parent / "tiny" / "model"
+SPEC_FILE = "videogen.json"
 # Limits of every model, whatever its spec: the API's schema, the spec default and the
 # pipeline's own check all read these. Seeds are signed 64-bit (JSON clients and Temporal's
 # payloads carry them exactly).
@@ -30,8 +37,15 @@ class ModelSpec:
     default_steps: int
     max_steps: int = MAX_STEPS
     guidance_scale: float = 5.0
-    # Local diffusers directory; None for the built-in tiny model.
+    # Local diffusers directory.
     path: str | None = None
+    # The size the model draws at, whatever size was asked for: the encoder scales its frames
+    # to the requested size. None: the model draws at the requested size.
+    render_size: str | None = None
+    # Prompt bytes/tokens the text encoder reads (WanPipeline's default is 512).
+    max_sequence_length: int = 512
+    # What the model can draw, for people choosing one.
+    description: str = ""
 
     def num_frames(self, seconds: int) -> int:
         """Frames for a clip of `seconds`: Wan's VAE wants 4k+1 frames, fps is a multiple of 4."""
@@ -43,25 +57,22 @@ class ModelSpec:
         w, h = size.lower().split("x")
         return int(w), int(h)
 
+    def generated_dims(self, size: str) -> tuple[int, int]:
+        """(width, height) the model generates for a request of `size`."""
+        return self.parse_size(self.render_size or size)
 
-# The built-in model: Wan architecture, tiny, random weights seeded in code. A default job
-# (256x256, 2 s, 20 steps) visibly progresses for a few seconds on a 2-core CPU.
-TINY_SPEC = ModelSpec(
-    name=TINY_MODEL,
-    fps=8,
-    sizes=("64x64", "128x128", "256x256", "256x144", "144x256"),
-    default_size="256x256",
-    seconds=(1, 2, 3, 4),
-    default_seconds=2,
-    default_steps=20,
-)
 
 # Wan2.1 text-to-video in diffusers format, loaded from a local directory on a GPU host.
 WAN_SIZES = ("832x480", "480x832", "1280x720", "720x1280")
 
 
-def spec_for_path(path: str, name: str | None = None) -> ModelSpec:
-    """Spec for a local diffusers Wan directory (e.g. Wan2.1-T2V-1.3B-Diffusers)."""
+def spec_for_path(path: str | os.PathLike[str], name: str | None = None) -> ModelSpec:
+    """Spec for a local diffusers Wan directory: its `videogen.json` if it has one, else
+    Wan2.1 text-to-video's (e.g. Wan2.1-T2V-1.3B-Diffusers)."""
+    path = os.fspath(path)
+    stated = _stated_spec(path)
+    if stated is not None:
+        return _from_stated(stated, path, name)
     return ModelSpec(
         name=name or os.path.basename(os.path.normpath(path)),
         fps=16,
@@ -72,6 +83,55 @@ def spec_for_path(path: str, name: str | None = None) -> ModelSpec:
         default_steps=50,
         path=path,
     )
+
+
+def _stated_spec(path: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(path, SPEC_FILE), encoding="utf-8") as f:
+            stated = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}/{SPEC_FILE}: unreadable ({err}); fix or remove it") from err
+    if not isinstance(stated, dict) or not isinstance(stated.get("serving"), dict):
+        raise ValueError(f"{path}/{SPEC_FILE}: needs a 'serving' object (see videogen.catalog)")
+    return stated
+
+
+def _from_stated(stated: dict[str, Any], path: str, name: str | None) -> ModelSpec:
+    serving = stated["serving"]
+    try:
+        return ModelSpec(
+            name=name or str(stated.get("name") or os.path.basename(os.path.normpath(path))),
+            fps=int(serving["fps"]),
+            sizes=tuple(str(s) for s in serving["sizes"]),
+            default_size=str(serving["default_size"]),
+            seconds=tuple(int(s) for s in serving["seconds"]),
+            default_seconds=int(serving["default_seconds"]),
+            default_steps=int(serving["default_steps"]),
+            guidance_scale=float(serving.get("guidance_scale", 5.0)),
+            path=path,
+            render_size=serving.get("render_size"),
+            max_sequence_length=int(serving.get("max_sequence_length", 512)),
+            description=str(stated.get("description", "")),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}/{SPEC_FILE}: bad 'serving' entry ({err!r})") from err
+
+
+def _tiny_spec() -> ModelSpec:
+    stated = _stated_spec(str(TINY_DIR))
+    if stated is None:
+        raise RuntimeError(
+            f"the built-in model is missing ({TINY_DIR / SPEC_FILE}): restore it with "
+            f"`git checkout -- {TINY_DIR.relative_to(TINY_DIR.parents[2])}` or run "
+            "`make train-tiny`"
+        )
+    return _from_stated(stated, str(TINY_DIR), TINY_MODEL)
+
+
+# The built-in model (a default job: 256x256 as asked, drawn at 64x64, 2 s, 20 steps).
+TINY_SPEC = _tiny_spec()
 
 
 def resolve(model: str | None, model_name: str | None = None) -> ModelSpec:

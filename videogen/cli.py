@@ -349,6 +349,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_PROMPT = "a red ball bouncing on a wooden floor"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from activities.media import probe_mp4
 
@@ -382,6 +385,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"wrote {out.resolve()}: {info.frames} frames, {info.width}x{info.height}, "
             f"{info.fps:g} fps, {info.codec}/{info.pix_fmt}, {out.stat().st_size} bytes"
         )
+        sheet = _download(
+            http, v["id"], "spritesheet", Path(args.output_dir) / f"{v['id']}-frames.jpg"
+        )
+        print(f"wrote {sheet.resolve()}: a contact sheet of its frames")
         # Equal for every run of this prompt and seed on this kind of machine
         # (docs/checkpoints.md, "Determinism: what gives the same bytes").
         print(f"frames_sha256 {v['frames_sha256']}")
@@ -440,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="start the stack, generate one video, stop")
     stack_args(sp)
-    sp.add_argument("--prompt", default="a red fox running through fresh snow")
+    # Something the built-in model can draw (README, "The built-in model").
+    sp.add_argument("--prompt", default=DEMO_PROMPT)
     sp.add_argument("--seed", type=int)
     sp.add_argument("--output-dir", default="out")
     sp.set_defaults(func=cmd_demo)

@@ -264,6 +264,10 @@ class EncodeInput:
     model: str = ""  # for the log lines of the job's work
     # The GPU attempt's frames_sha256: the encoder checks the frames it reads against it.
     frames_sha256: str = ""
+    # The video's size: frames drawn at another size (a model's render_size) are scaled to
+    # it. 0: as the frames are.
+    width: int = 0
+    height: int = 0
 
 
 @dataclass

@@ -138,6 +138,8 @@ class VideoGeneration:
                     fps=req.fps,
                     model=req.model,
                     frames_sha256=gen.frames_sha256,
+                    width=req.width,
+                    height=req.height,
                 ),
                 result_type=c.EncodeOutput,
                 task_queue=req.cpu_task_queue,
