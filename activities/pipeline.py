@@ -180,7 +180,8 @@ def _clone_weights(module: torch.nn.Module) -> None:
 
 
 def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
-    """Load (or build) the spec's pipeline on `device`, weights cloned, models in eval().
+    """Load the spec's pipeline from its directory onto `device`, weights cloned, models in
+    eval().
 
     dtypes: transformer and text encoder in bfloat16 on CUDA (float32 on the CPU, where
     bfloat16 is slow) and the VAE always in float32, as the Wan model card recommends for

@@ -44,8 +44,6 @@ class ModelSpec:
     render_size: str | None = None
     # Prompt bytes/tokens the text encoder reads (WanPipeline's default is 512).
     max_sequence_length: int = 512
-    # What the model can draw, for people choosing one.
-    description: str = ""
 
     def num_frames(self, seconds: int) -> int:
         """Frames for a clip of `seconds`: Wan's VAE wants 4k+1 frames, fps is a multiple of 4."""
@@ -113,7 +111,6 @@ def _from_stated(stated: dict[str, Any], path: str, name: str | None) -> ModelSp
             path=path,
             render_size=serving.get("render_size"),
             max_sequence_length=int(serving.get("max_sequence_length", 512)),
-            description=str(stated.get("description", "")),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}/{SPEC_FILE}: bad 'serving' entry ({err!r})") from err
