@@ -180,3 +180,26 @@ def test_a_store_failure_undoes_the_whole_batch(store: FileStore) -> None:
     assert quota.active(store, user) == {}
     for job in ("video_1", "video_2", "video_3", "video_4", "video_5"):  # per minute given back
         quota.admit(store, job, [user], T0 + 1)
+
+
+def test_inline_admission_waits_for_no_one_and_never_over_admits(store: FileStore) -> None:
+    alice, tier = _user(concurrent=30), Quota(Scope.TIER, "free", concurrent=1000)
+    with store.holding([quota.ledger_key(Scope.USER, "alice")]):
+        assert quota.admit_all_now(store, [("video_x", [alice, tier])], T0) is None
+    assert quota.active(store, alice) == {} and quota.active(store, tier) == {}
+    outcomes: list[Refused | None] = []
+
+    def submit(worker: int) -> None:
+        for i in range(20):
+            job = (f"video_{worker}_{i}", [alice, tier])
+            # Inline where no one holds the ledgers, else the blocking path, as the API does.
+            found = quota.admit_all_now(store, [job], T0) or quota.admit_all(store, [job], T0)
+            outcomes.append(found[job[0]])
+
+    threads = [threading.Thread(target=submit, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(o is None for o in outcomes) == 30 == len(quota.active(store, alice))
+    assert len(quota.active(store, tier)) == 30

@@ -785,3 +785,24 @@ def test_open_store_unsupported_scheme(url: str) -> None:
 def test_open_store_bad_urls(url: str) -> None:
     with pytest.raises(ValueError):
         open_store(url)
+
+
+def test_holding_takes_every_lock_or_none(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    with store.holding(["a", "b"]) as held:
+        assert held is not None
+        held.update("a", lambda raw: b"1")
+        with pytest.raises(StorageError, match="without its lock"):
+            held.update("c", lambda raw: b"1")
+        # Another holder, in this process or another, is refused at once, not kept waiting.
+        with store.holding(["b", "c"]) as other:
+            assert other is None
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: store.update("a", lambda raw: (raw or b"") + b"2"))
+        waiter.start()
+        waiter.join(0.3)
+        got.append(waiter.is_alive())  # a blocking update waits for the holder
+    waiter.join(5)
+    assert got == [True] and store.get("a") == b"12"
+    with store.holding(["b", "c"]) as free:  # released, including the partly taken ones
+        assert free is not None

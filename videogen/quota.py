@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from videogen.storage import NotFound, ObjectStore
+from videogen.storage import FileStore, NotFound, ObjectStore
 
 Change = Callable[[bytes | None], bytes | None]
 
@@ -242,6 +242,16 @@ def admit_all(
         raise
     _give_back(store, [(q, job_id) for q, job_id in taken if outcome[job_id] is not None])
     return outcome
+
+
+def admit_all_now(
+    store: FileStore, requests: list[tuple[str, list[Quota]]], now: float
+) -> dict[str, Refused | None] | None:
+    """`admit_all` if every ledger it needs can be locked at once without waiting (see
+    `FileStore.holding`), else None and nothing changed: then call `admit_all` in a thread."""
+    keys = {ledger_key(q.scope, q.name) for _, quotas in requests for q in quotas if q.limited}
+    with store.holding(keys) as held:
+        return None if held is None else admit_all(held, requests, now)
 
 
 def _take(store: ObjectStore, quota: Quota, job_ids: list[str], now: float) -> dict[str, Refused]:

@@ -24,7 +24,9 @@ The contract both backends keep:
 * `list` and `delete_prefix` use plain string prefixes, as S3 does: prefix "a" matches "a/x" and
   "ab". Use a trailing '/' to mean a directory.
 
-The methods block; call them from a thread (e.g. `asyncio.to_thread`) in async code.
+The methods block; call them from a thread (e.g. `asyncio.to_thread`) in async code. One
+exception: `FileStore.holding`, which takes update locks only if no one holds them, so the
+updates under it never wait.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar, runtime_checkable
@@ -365,17 +367,51 @@ class FileStore(ObjectStore):
     def _lock_path(self, key: str) -> str:
         return os.path.join(self._root, LOCK_DIR, hashlib.sha256(key.encode()).hexdigest())
 
+    def _open_lock(self, key: str) -> int:
+        os.makedirs(os.path.join(self._root, LOCK_DIR), exist_ok=True)
+        return os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
     @contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
         """An exclusive lock on `key` for every process on this host (flock on a lock file in
         the root's reserved lock directory, which `list` never shows)."""
-        os.makedirs(os.path.join(self._root, LOCK_DIR), exist_ok=True)
-        fd = os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = self._open_lock(key)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    @contextmanager
+    def holding(self, keys: Iterable[str]) -> Iterator[FileStore | None]:
+        """The update locks of `keys`, taken now without waiting and held for the block: it
+        gets a view of this store whose `update`s of those keys need no lock and so never wait,
+        or None (holding nothing) if another writer, in any process or thread, holds one.
+
+        The one FileStore call meant for an event loop (`api.admission` does its ledger updates
+        inline this way): with the locks held, an update is a read and a rename of a small
+        local file, no fsync (`_swap_in`); anything that would wait is left to a thread."""
+        wanted = frozenset(keys)
+        fds: list[int] = []
+        try:
+            held = self._lock_all_now(sorted(wanted), fds)
+            yield _Held(self._root, wanted) if held else None
+        finally:
+            for fd in fds:
+                os.close(fd)  # closing releases the lock
+
+    def _lock_all_now(self, keys: list[str], fds: list[int]) -> bool:
+        """Lock each key without waiting, adding its fd to `fds`; False at the first one that
+        another writer holds."""
+        for key in keys:
+            try:
+                fds.append(self._open_lock(key))
+                fcntl.flock(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            except OSError as e:
+                raise StorageError(f"cannot lock {key!r} in {self.describe()}: {e}") from e
+        return True
 
     def _settled(self, key: str, path: str, read: Callable[[str], T]) -> T:
         """`read(path)`; if the file is missing while an `update` swaps it (or one died doing
@@ -559,6 +595,20 @@ class FileStore(ObjectStore):
             except OSError:
                 return
             directory = os.path.dirname(directory)
+
+
+class _Held(FileStore):
+    """A FileStore whose caller holds the update locks of `held` (`FileStore.holding`)."""
+
+    def __init__(self, root: str, held: frozenset[str]) -> None:
+        super().__init__(root)
+        self._held = held
+
+    @contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        if key not in self._held:
+            raise StorageError(f"{key!r} updated without its lock (held: {sorted(self._held)})")
+        yield
 
 
 def _prev_path(path: str) -> str:
