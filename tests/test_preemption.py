@@ -22,6 +22,7 @@ from helpers import (
     JOB,
     api_client,
     assert_reference_video,
+    get_video,
     gpu_metrics,
     preemption_env,
     private_stack,
@@ -102,7 +103,7 @@ async def test_sigterm_hands_over_at_once_and_loses_no_step(
     # The retry starts on the standby worker (the stopped one is not restarted until later).
     handover = None
     while handover is None and time.monotonic() - killed_at < 30:
-        v = papi.get(f"/v1/videos/{job}").json()
+        v = get_video(papi, job)
         if v["attempt"] >= 2:
             handover = time.monotonic() - killed_at
         time.sleep(0.02)
@@ -225,7 +226,7 @@ async def test_chaos_every_job_completes_once_and_identical(
     budget = len(signals)
     while time.monotonic() < deadline:
         pstack.check()
-        states = {job: papi.get(f"/v1/videos/{job}").json() for job in jobs}
+        states = {job: get_video(papi, job) for job in jobs}
         if all(v["status"] in ("completed", "failed", "cancelled") for v in states.values()):
             break
         victims = [
