@@ -601,7 +601,9 @@ class _Held(FileStore):
     """A FileStore whose caller holds the update locks of `held` (`FileStore.holding`)."""
 
     def __init__(self, root: str, held: frozenset[str]) -> None:
-        super().__init__(root)
+        # Not FileStore.__init__: `root` is already resolved and made, and this is built on
+        # every inline admission.
+        self._root = root
         self._held = held
 
     @contextmanager
