@@ -213,18 +213,12 @@ class DiffusionActivities:
                 non_retryable=True,
             )
         spec = self._model.spec
-        size = f"{req.width}x{req.height}"
-        if spec.render_size is not None and size not in spec.sizes:
-            # The model draws at one size whatever is asked: the asked one must be one it
-            # offers (the API checks this too; a request may come from elsewhere).
-            raise ApplicationError(
-                f"width, height: {size} is not a size of {spec.name}; allowed: "
-                f"{', '.join(spec.sizes)}",
-                type=c.ErrorCode.INVALID_INPUT,
-                non_retryable=True,
-            )
         params = pipeline.GenerationParams.from_request(req, spec)
         try:
+            if spec.render_size is not None:
+                # The model draws at one size whatever is asked: the asked one must be one it
+                # offers (the API checks this too; a request may come from elsewhere).
+                spec.check_size(f"{req.width}x{req.height}", "width, height")
             pipeline.check_params(spec, params)
         except ValueError as err:
             raise ApplicationError(

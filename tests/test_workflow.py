@@ -44,17 +44,24 @@ async def client(stack: Stack) -> AsyncIterator[Client]:
         yield await connect(wait_s=10)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"num_frames": 10}, "num_frames"),  # not 4k+1
+        ({"width": 96, "height": 96}, "width, height"),  # a multiple of 16, not one it offers
+    ],
+)
 async def test_invalid_input_fails_once_without_retry(
-    client: Client, stack: Stack, api: httpx.Client
+    client: Client, stack: Stack, api: httpx.Client, overrides: dict[str, int], field: str
 ) -> None:
-    # The API never lets this through; a client starting workflows directly might. 10 frames is
-    # not 4k+1: the GPU activity refuses it as non-retryable input.
-    req = direct_request(stack, num_frames=10)
+    # The API never lets this through; a client starting workflows directly might: the GPU
+    # activity refuses it as non-retryable input.
+    req = direct_request(stack, **overrides)
     await jobs.start(client, req, ApiKey("k", "dev", "paid"))
     v = wait_for(api, req.job_id, timeout_s=60)
     assert v["status"] == "failed", v
     assert v["error"]["code"] == c.ErrorCode.INVALID_INPUT
-    assert "num_frames" in v["error"]["message"]
+    assert v["error"]["message"].startswith(f"{field}: "), v["error"]
     history = await client.get_workflow_handle(req.job_id).fetch_history()
     started = [e for e in history.events if e.HasField("activity_task_started_event_attributes")]
     assert len(started) == 2  # the GPU attempt (once, no retry) and the cleanup

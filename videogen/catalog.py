@@ -55,6 +55,15 @@ class ModelSpec:
         w, h = size.lower().split("x")
         return int(w), int(h)
 
+    def check_size(self, size: str, field: str = "size") -> None:
+        """ValueError, naming `field` (the caller's name for it) and the allowed sizes, if this
+        model does not offer `size` ('WxH')."""
+        if size not in self.sizes:
+            raise ValueError(
+                f"{field}: {size!r} is not supported by {self.name}; "
+                f"allowed: {', '.join(self.sizes)}"
+            )
+
     def generated_dims(self, size: str) -> tuple[int, int]:
         """(width, height) the model generates for a request of `size`."""
         return self.parse_size(self.render_size or size)

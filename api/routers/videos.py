@@ -96,13 +96,10 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
             code="unsupported_model",
         )
     size = (body.size or spec.default_size).lower()
-    if size not in spec.sizes:
-        raise ApiError(
-            400,
-            f"size: {size!r} is not supported by {spec.name}; allowed: {', '.join(spec.sizes)}",
-            param="size",
-            code="unsupported_size",
-        )
+    try:
+        spec.check_size(size)
+    except ValueError as err:
+        raise ApiError(400, str(err), param="size", code="unsupported_size") from None
     seconds = body.seconds if body.seconds is not None else spec.default_seconds
     if seconds not in spec.seconds:
         raise ApiError(
