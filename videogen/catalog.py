@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from videogen import wan_variants
+
 TINY_MODEL = "videogen-tiny"
 # The built-in model: a diffusers directory trained by `make train-tiny` (videogen.tiny.train).
 TINY_DIR = Path(__file__).parent / "tiny" / "model"
@@ -74,12 +76,17 @@ WAN_SIZES = ("832x480", "480x832", "1280x720", "720x1280")
 
 
 def spec_for_path(path: str | os.PathLike[str], name: str | None = None) -> ModelSpec:
-    """Spec for a local diffusers Wan directory: its `videogen.json` if it has one, else
-    Wan2.1 text-to-video's (e.g. Wan2.1-T2V-1.3B-Diffusers)."""
+    """Spec for a local diffusers Wan directory: its `videogen.json` if it has one, else the
+    defaults of the published variant its configs match (videogen.wan_variants), else
+    Wan2.1 text-to-video's."""
     path = os.fspath(path)
     stated = _stated_spec(path)
     if stated is not None:
         return _from_stated(stated, path, name)
+    variant = wan_variants.identify(path)
+    if variant is not None:
+        # The same `serving` object a videogen.json carries, so both read the same way.
+        return _from_stated({"serving": variant.serving.as_json()}, path, name)
     return ModelSpec(
         name=name or os.path.basename(os.path.normpath(path)),
         fps=16,

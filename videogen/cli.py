@@ -3,7 +3,7 @@
 Process commands: `up`, `demo`, `temporal`, `api`, `worker gpu|cpu`.
 Client commands (over HTTP, `VIDEOGEN_API_URL` / `VIDEOGEN_API_KEY`): `submit`, `watch`,
 `status`, `cancel`, `download`, `list`. Operator command: `replay` (a history through the
-workflow code).
+workflow code). Model command: `model fake-wan` (a Wan directory with random weights).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from videogen.settings import DEV_API_KEY
+from videogen.wan_variants import SHARD_SIZE, VARIANTS
 
 if TYPE_CHECKING:
     from videogen.settings import Settings
@@ -422,6 +423,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fake_wan(args: argparse.Namespace) -> int:
+    # Imported lazily: torch and diffusers take seconds to import.
+    from diffusers.utils import logging as diffusers_logging
+
+    from videogen import fake_wan
+
+    diffusers_logging.disable_progress_bar()
+    try:
+        built = fake_wan.build(
+            args.variant,
+            args.out,
+            args.layers,
+            text_layers=args.text_layers,
+            vocab_size=args.vocab_size,
+            seed=args.seed,
+            max_shard_size=args.max_shard_size,
+            weights=not args.configs_only,
+        )
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    counts = ", ".join(f"{k} {v:,}" for k, v in built.parameters.items())
+    what = "configs only" if not built.weights else "random weights"
+    print(f"wrote {built.path} ({built.variant}, {what}) in {built.seconds:.1f} s")
+    print(f"parameters: {counts}")
+    return 0
+
+
+def _model_commands(sub: Any) -> None:
+    sp = sub.add_parser("model", help="make model directories")
+    models = sp.add_subparsers(dest="model_command", required=True)
+    fw = models.add_parser(
+        "fake-wan",
+        help="write a published Wan variant's diffusers layout and configs with random weights",
+    )
+    fw.add_argument("--variant", required=True, choices=list(VARIANTS))
+    fw.add_argument("--out", required=True, help="directory to create (absent or empty)")
+    fw.add_argument("--layers", type=int, help="transformer blocks (default: as published)")
+    fw.add_argument("--text-layers", type=int, help="text-encoder layers (default: --layers)")
+    fw.add_argument("--vocab-size", type=int, help="text-encoder embedding rows (default: 256384)")
+    fw.add_argument("--seed", type=int, default=0)
+    fw.add_argument("--max-shard-size", default=SHARD_SIZE, help="safetensors shard size")
+    fw.add_argument("--configs-only", action="store_true", help="write no weight files")
+    fw.set_defaults(func=cmd_fake_wan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="videogen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -507,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("history", nargs="?", help="JSON from `temporal workflow show -o json`")
     sp.add_argument("--workflow-id", help="fetch this workflow's history from Temporal")
     sp.set_defaults(func=cmd_replay)
+
+    _model_commands(sub)
     return p
 
 
