@@ -45,8 +45,6 @@ from transformers import T5TokenizerFast, UMT5Config, UMT5EncoderModel
 from videogen.catalog import SPEC_FILE
 from videogen.wan_variants import SHARD_SIZE, WanVariant, variant
 
-# Smaller values than the published shard size give more shards.
-PUBLISHED_SHARD_SIZE = SHARD_SIZE
 # Text-encoder embedding rows for tests: room for the small tokenizer, ~1M parameters.
 SMALL_VOCAB_SIZE = 256
 # Upper bound of the init std; smaller where fan_in**-0.5 is, so no layer amplifies.
@@ -242,7 +240,7 @@ def build(
     text_layers: int | None = None,
     vocab_size: int | None = None,
     seed: int = 0,
-    max_shard_size: str = PUBLISHED_SHARD_SIZE,
+    max_shard_size: str = SHARD_SIZE,
     weights: bool = True,
 ) -> Built:
     """Write variant `name` into `out_dir` (absent or empty). `layers`: transformer blocks
