@@ -129,6 +129,8 @@ class Snapshot:
     scheduler_config: dict[str, Any]
     scheduler_state: dict[str, Any]
     taken_s: float = 0.0
+    # The next step's timestep (None when all are done): which expert runs it, in `encode`.
+    next_timestep: torch.Tensor | None = None
 
 
 class _TensorSink:
@@ -233,6 +235,7 @@ def snapshot(state: DenoiseState, *, job_id: str, attempt: int, device: str) -> 
         scheduler_config=scheduler_config(scheduler),
         scheduler_state=sched_state,
         taken_s=time.perf_counter() - started,
+        next_timestep=None if state.done else state.timesteps[state.next_step].detach().cpu(),
     )
 
 
@@ -289,6 +292,8 @@ def encode(snap: Snapshot, model: LoadedModel) -> bytes:
         "attempt": snap.attempt,
         "next_step": snap.next_step,
         "total_steps": snap.total_steps,
+        # For operators: a function of the step's timestep, so a resume needs nothing from it.
+        "expert": None if snap.next_timestep is None else model.expert(snap.next_timestep).value,
         "params": _params_dict(snap.params),
         "model": {"name": model.spec.name, "weights_hash": model.weights_hash},
         "scheduler": {
@@ -311,6 +316,12 @@ def encode(snap: Snapshot, model: LoadedModel) -> bytes:
 def _params_dict(params: GenerationParams) -> dict[str, Any]:
     d = dataclasses.asdict(params)
     d["guidance_scale"] = float(d["guidance_scale"]).hex()  # exact, comparable
+    # Left out when unset: a one-transformer job's parameters read as they did before two-expert
+    # models, so checkpoints and frames written then still match.
+    if d["guidance_scale_2"] is None:
+        del d["guidance_scale_2"]
+    else:
+        d["guidance_scale_2"] = float(d["guidance_scale_2"]).hex()
     return d
 
 

@@ -18,6 +18,11 @@ equals `WanPipeline.__call__` bit for bit (tests/test_pipeline.py checks it).
 Every model, the built-in one included, is a local diffusers directory loaded with
 `from_pretrained`; the built-in model (`videogen/tiny/model`, trained by `make train-tiny`) is
 small enough that all of the above runs on a CPU without downloading anything.
+
+Two-expert directories (Wan2.2 T2V-A14B: `transformer` for high noise, `transformer_2` for low
+noise, switching below `boundary_ratio` x 1000) run as WanPipeline runs them. Which expert a
+step uses is a function of its timestep alone, so a resume on either side of the boundary needs
+no more state; checkpoints record the expert of the next step for operators.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -63,6 +69,13 @@ class PoisonedStateError(RuntimeError):
         self.what = what
 
 
+class Expert(StrEnum):
+    """Which transformer of a pipeline runs a step (named as the pipeline's components)."""
+
+    HIGH_NOISE = "transformer"
+    LOW_NOISE = "transformer_2"
+
+
 @dataclass
 class LoadedModel:
     """A pipeline kept warm in memory, with what a checkpoint needs to recognise it."""
@@ -77,6 +90,19 @@ class LoadedModel:
     def transformer_dtype(self) -> torch.dtype:
         return self.pipe.transformer.dtype
 
+    @property
+    def boundary_timestep(self) -> float | None:
+        """Timesteps below this run on the low-noise expert; None: one transformer."""
+        ratio = self.pipe.config.boundary_ratio
+        if ratio is None:
+            return None
+        return float(ratio) * self.pipe.scheduler.config.num_train_timesteps
+
+    def expert(self, t: torch.Tensor) -> Expert:
+        """The expert WanPipeline uses at timestep `t` (its rule: t >= boundary is high noise)."""
+        boundary = self.boundary_timestep
+        return Expert.HIGH_NOISE if boundary is None or t >= boundary else Expert.LOW_NOISE
+
 
 @dataclass
 class GenerationParams:
@@ -90,6 +116,9 @@ class GenerationParams:
     num_frames: int
     num_inference_steps: int
     guidance_scale: float
+    # The low-noise expert's guidance (WanPipeline's guidance_scale_2), for two-expert models;
+    # None there means the same as guidance_scale, and it must be None for other models.
+    guidance_scale_2: float | None = None
 
     @classmethod
     def from_request(cls, req: VideoRequest, spec: ModelSpec) -> GenerationParams:
@@ -105,7 +134,14 @@ class GenerationParams:
             num_frames=req.num_frames,
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
+            guidance_scale_2=spec.guidance_scale_2,
         )
+
+    def guidance_for(self, expert: Expert) -> float:
+        """The guidance scale the expert runs with (WanPipeline's defaulting rule)."""
+        if expert is Expert.LOW_NOISE and self.guidance_scale_2 is not None:
+            return self.guidance_scale_2
+        return self.guidance_scale
 
     @property
     def do_classifier_free_guidance(self) -> bool:
@@ -148,11 +184,15 @@ def pick_device() -> str:
 
 
 def _hashed_modules(pipe: WanPipeline) -> list[tuple[str, torch.nn.Module]]:
-    return [
+    modules = [
         ("transformer", pipe.transformer),
         ("vae", pipe.vae),
         ("text_encoder", pipe.text_encoder),
     ]
+    # Appended, so a one-transformer model's hash is what it was before experts existed.
+    if pipe.transformer_2 is not None:
+        modules.append(("transformer_2", pipe.transformer_2))
+    return modules
 
 
 def weights_hash(pipe: WanPipeline) -> str:
@@ -185,8 +225,9 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
 
     dtypes: transformer and text encoder in bfloat16 on CUDA (float32 on the CPU, where
     bfloat16 is slow) and the VAE always in float32, as the Wan model card recommends for
-    decoding quality. Only Wan2.1-style directories (one transformer, no expanded timesteps)
-    are supported. The built-in model loads exactly as any other directory.
+    decoding quality. Wan2.1 directories (one transformer) and Wan2.2 two-expert ones
+    (`transformer_2` with a `boundary_ratio`) are supported; expanded timesteps (Wan2.2 TI2V)
+    are not yet. The built-in model loads exactly as any other directory.
     """
     started = time.perf_counter()
     if spec.path is None:
@@ -200,8 +241,7 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
         # `dtype`, not `torch_dtype`: the latter is deprecated in diffusers 0.42.
         vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32)
         pipe = WanPipeline.from_pretrained(spec.path, vae=vae, dtype=dtype)
-    if pipe.transformer is None or pipe.transformer_2 is not None:
-        raise ValueError(f"{spec.path}: only single-transformer (Wan2.1) pipelines are supported")
+    _check_experts(spec, pipe)
     if pipe.config.expand_timesteps:
         raise ValueError(f"{spec.path}: expand_timesteps (Wan2.2 TI2V) is not supported")
     pipe.set_progress_bar_config(disable=True)
@@ -218,6 +258,25 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
         weights_hash=digest,
         load_seconds=time.perf_counter() - started,
     )
+
+
+def _check_experts(spec: ModelSpec, pipe: WanPipeline) -> None:
+    if pipe.transformer is None:
+        raise ValueError(f"{spec.path}: no transformer; the high-noise expert is required")
+    two = pipe.transformer_2 is not None
+    if two != (pipe.config.boundary_ratio is not None):
+        raise ValueError(
+            f"{spec.path}: transformer_2 and boundary_ratio in model_index.json come together "
+            f"(found transformer_2={'yes' if two else 'no'}, "
+            f"boundary_ratio={pipe.config.boundary_ratio!r}); add or remove both"
+        )
+    if two and pipe.transformer_2.dtype != pipe.transformer.dtype:
+        raise ValueError(f"{spec.path}: the two experts load with different dtypes")
+    if spec.guidance_scale_2 is not None and not two:
+        raise ValueError(
+            f"{spec.path}: guidance_scale_2 is set but the model has one transformer; "
+            "remove it from videogen.json"
+        )
 
 
 def check_params(spec: ModelSpec, params: GenerationParams) -> None:
@@ -240,16 +299,23 @@ def check_params(spec: ModelSpec, params: GenerationParams) -> None:
     steps = params.num_inference_steps
     if not isinstance(steps, int) or not 1 <= steps <= spec.max_steps:
         raise ValueError(f"num_inference_steps: must be in 1..{spec.max_steps}, got {steps!r}")
-    scale = params.guidance_scale
-    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"guidance_scale: must be a finite number >= 0, got {scale!r}")
+    _check_scale("guidance_scale", params.guidance_scale)
+    if params.guidance_scale_2 is not None:
+        _check_scale("guidance_scale_2", params.guidance_scale_2)
     seed = params.seed
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed: must be an integer in 0..{MAX_SEED}, got {seed!r}")
 
 
+def _check_scale(name: str, scale: object) -> None:
+    if not isinstance(scale, int | float) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"{name}: must be a finite number >= 0, got {scale!r}")
+
+
 def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:
     """Encode the prompt, draw the seeded latents, set up a private scheduler: step 0."""
+    if params.guidance_scale_2 is not None and model.boundary_timestep is None:
+        raise ValueError(f"guidance_scale_2: {model.spec.name} has one transformer; leave it unset")
     pipe = model.pipe
     device = torch.device(model.device)
     do_cfg = params.do_classifier_free_guidance
@@ -308,9 +374,10 @@ def denoise_step(model: LoadedModel, state: DenoiseState) -> None:
     """Run step `state.next_step` and advance the state; the state is untouched on error."""
     if state.done:
         raise ValueError(f"all {state.total_steps} steps are done; decode instead")
-    transformer = model.pipe.transformer
     i = state.next_step
     t = state.timesteps[i]
+    expert = model.expert(t)
+    transformer = getattr(model.pipe, expert.value)
     scheduler = state.scheduler
     with torch.no_grad():
         # 1. Inputs exactly as WanPipeline builds them.
@@ -341,7 +408,8 @@ def denoise_step(model: LoadedModel, state: DenoiseState) -> None:
                     encoder_hidden_states=state.negative_prompt_embeds,
                     return_dict=False,
                 )[0]
-            noise_pred = noise_uncond + state.params.guidance_scale * (noise_pred - noise_uncond)
+            scale = state.params.guidance_for(expert)
+            noise_pred = noise_uncond + scale * (noise_pred - noise_uncond)
         _check_finite(noise_pred, i, "noise prediction")
 
         # 4. Scheduler update, on a scratch copy so that a poisoned step leaves the state as

@@ -4,6 +4,7 @@ fake-wan`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import torch
 from diffusers import WanPipeline
 
+from activities import pipeline
 from videogen import catalog, cli, fake_wan
 from videogen.wan_variants import UMT5_XXL, VARIANTS, WanVariant, identify
 
@@ -185,6 +187,9 @@ def test_the_catalog_gives_a_bare_directory_its_variant_s_defaults(
     assert (spec.fps, spec.sizes, spec.default_size) == (s.fps, s.sizes, s.default_size)
     assert (spec.seconds, spec.default_seconds) == (s.seconds, s.default_seconds)
     assert (spec.default_steps, spec.guidance_scale) == (s.default_steps, s.guidance_scale)
+    # The A14B's low-noise expert has its own guidance (3.0); one-transformer variants none.
+    assert spec.guidance_scale_2 == s.guidance_scale_2
+    assert (spec.guidance_scale_2 is None) == (name != "wan2.2-t2v-a14b")
     assert spec.num_frames(spec.default_seconds) in (81, 121)  # the published clip lengths
 
 
@@ -252,6 +257,39 @@ def test_a14b_switches_experts_at_the_boundary(tmp_path: Path) -> None:
     # Flow shift 3: the first of 2 steps is above t = 875 (high-noise expert), the second below.
     assert ran == ["transformer", "transformer", "transformer_2", "transformer_2"]
     assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+    del pipe
+    # The GPU worker's loop on the same directory: the same experts, WanPipeline's frames.
+    spec = dataclasses.replace(catalog.spec_for_path(out), max_sequence_length=TEST_TOKENS)
+    model = pipeline.load_pipeline(spec, "cpu")
+    assert model.spec.guidance_scale_2 == 3.0 and model.boundary_timestep == 875.0
+    params = pipeline.GenerationParams(
+        prompt="a red ball bouncing",
+        negative_prompt="",
+        seed=0,
+        width=32,
+        height=32,
+        num_frames=5,
+        num_inference_steps=2,
+        guidance_scale=5.0,  # WanPipeline's default, and its guidance_scale_2 defaults to it
+    )
+    state = pipeline.prepare(model, params)
+    assert [model.expert(t).value for t in state.timesteps] == ["transformer", "transformer_2"]
+    while not state.done:
+        pipeline.denoise_step(model, state)
+    # Against WanPipeline on the worker's own components (load_pipeline casts the bfloat16
+    # text encoder to float32 on the CPU, so the frames above are not the reference).
+    expected = model.pipe(
+        params.prompt,
+        negative_prompt="",
+        width=32,
+        height=32,
+        num_frames=5,
+        num_inference_steps=2,
+        max_sequence_length=TEST_TOKENS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).frames[0]
+    assert np.array_equal(pipeline.decode_float(model, state), expected)
 
 
 @pytest.mark.slow

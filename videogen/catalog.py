@@ -39,6 +39,8 @@ class ModelSpec:
     default_steps: int
     max_steps: int = MAX_STEPS
     guidance_scale: float = 5.0
+    # Two-expert models (Wan2.2 A14B): the low-noise expert's guidance; None: guidance_scale.
+    guidance_scale_2: float | None = None
     # Local diffusers directory.
     path: str | None = None
     # The size the model draws at, whatever size was asked for: the encoder scales its frames
@@ -124,12 +126,17 @@ def _from_stated(stated: dict[str, Any], path: str, name: str | None) -> ModelSp
             default_seconds=int(serving["default_seconds"]),
             default_steps=int(serving["default_steps"]),
             guidance_scale=float(serving.get("guidance_scale", 5.0)),
+            guidance_scale_2=_optional_float(serving.get("guidance_scale_2")),
             path=path,
             render_size=serving.get("render_size"),
             max_sequence_length=int(serving.get("max_sequence_length", 512)),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}/{SPEC_FILE}: bad 'serving' entry ({err!r})") from err
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _tiny_spec() -> ModelSpec:

@@ -217,7 +217,6 @@ def _spec(v: WanVariant, built: dict[str, Any]) -> dict[str, Any]:
             "dtypes": dict(v.dtypes),
             "boundary_ratio": v.boundary_ratio,
             "expand_timesteps": v.expand_timesteps,
-            "guidance_scale_2": s.guidance_scale_2,
             "scheduler_flow_shift": v.scheduler["flow_shift"],
             "flow_shift_by_size": dict(s.flow_shift_by_size),
             "reference_sample_shift": s.reference_sample_shift,

@@ -191,6 +191,7 @@ class Serving:
 
     def as_json(self) -> dict[str, Any]:
         """The `serving` object of a videogen.json (read by `videogen.catalog`)."""
+        g2 = self.guidance_scale_2
         return {
             "fps": self.fps,
             "sizes": list(self.sizes),
@@ -199,6 +200,7 @@ class Serving:
             "default_seconds": self.default_seconds,
             "default_steps": self.default_steps,
             "guidance_scale": self.guidance_scale,
+            **({} if g2 is None else {"guidance_scale_2": g2}),
             "max_sequence_length": self.max_sequence_length,
         }
 

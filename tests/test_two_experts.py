@@ -1,0 +1,226 @@
+"""Two-expert models (Wan2.2 T2V-A14B's layout): the GPU worker's loop switches from
+`transformer` to `transformer_2` below boundary_ratio x 1000 with the second guidance scale,
+equals WanPipeline bit for bit, and resumes from a checkpoint on either side of the boundary.
+
+The directory is the built-in model with a second transformer (the first one's weights,
+perturbed from a seed), so it runs in seconds on the CPU; the A14B-wide directory is
+`make test-big` (tests/test_fake_wan.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+import torch
+from diffusers import WanTransformer3DModel
+from helpers import direct_request, gpu_worker_settings, wait_for, wait_step
+from temporalio.client import Client
+
+from activities import checkpoint, pipeline
+from activities.pipeline import Expert, GenerationParams, LoadedModel
+from api import jobs
+from videogen import catalog
+from videogen.settings import ApiKey
+from videogen.stack import Stack
+from videogen.temporal import connect
+
+BOUNDARY_RATIO = 0.75
+NAME = "videogen-tiny-experts"
+PARAMS = GenerationParams(
+    prompt="a red square moving right",
+    negative_prompt="",
+    seed=21,
+    width=64,
+    height=64,
+    num_frames=9,
+    num_inference_steps=6,
+    guidance_scale=5.0,
+    guidance_scale_2=2.0,
+)
+
+
+def _two_expert_dir(out: Path, boundary_ratio: float | None = BOUNDARY_RATIO) -> Path:
+    assert catalog.TINY_SPEC.path is not None
+    shutil.copytree(catalog.TINY_SPEC.path, out)
+    second = WanTransformer3DModel.from_pretrained(out / "transformer")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(0.05 * p.std().nan_to_num() * torch.randn(p.shape, generator=gen))
+    second.save_pretrained(out / "transformer_2")
+    index = json.loads((out / "model_index.json").read_text())
+    index["transformer_2"] = ["diffusers", "WanTransformer3DModel"]
+    index["boundary_ratio"] = boundary_ratio
+    (out / "model_index.json").write_text(json.dumps(index))
+    spec = json.loads((out / catalog.SPEC_FILE).read_text())
+    spec["name"] = NAME
+    spec["serving"]["guidance_scale_2"] = PARAMS.guidance_scale_2
+    (out / catalog.SPEC_FILE).write_text(json.dumps(spec))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    path = _two_expert_dir(tmp_path_factory.mktemp("experts") / "model")
+    return pipeline.load_pipeline(catalog.spec_for_path(str(path)), "cpu")
+
+
+def _experts(model: LoadedModel, params: GenerationParams) -> list[Expert]:
+    state = pipeline.prepare(model, params)
+    return [model.expert(t) for t in state.timesteps]
+
+
+def test_both_experts_run_and_switch_once_at_the_boundary(model: LoadedModel) -> None:
+    experts = _experts(model, PARAMS)
+    assert model.boundary_timestep == BOUNDARY_RATIO * 1000
+    switch = experts.index(Expert.LOW_NOISE)
+    assert 0 < switch < len(experts)
+    assert experts == [Expert.HIGH_NOISE] * switch + [Expert.LOW_NOISE] * (len(experts) - switch)
+
+
+@pytest.mark.parametrize("guidance_scale_2", [2.0, None], ids=["own", "defaulted"])
+def test_loop_equals_wan_pipeline_with_two_experts(
+    model: LoadedModel, guidance_scale_2: float | None
+) -> None:
+    params = dataclasses.replace(PARAMS, guidance_scale_2=guidance_scale_2)
+    expected = model.pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        guidance_scale_2=guidance_scale_2,
+        generator=torch.Generator().manual_seed(params.seed),
+        output_type="np",
+        max_sequence_length=model.spec.max_sequence_length,
+    ).frames[0]
+    state = pipeline.prepare(model, params)
+    while not state.done:
+        pipeline.denoise_step(model, state)
+    assert np.array_equal(pipeline.decode_float(model, state), expected)
+
+
+def test_the_second_expert_and_its_guidance_change_the_video(model: LoadedModel) -> None:
+    both = pipeline.generate(model, PARAMS)
+    other_guidance = pipeline.generate(model, dataclasses.replace(PARAMS, guidance_scale_2=5.0))
+    one = pipeline.generate(
+        pipeline.load_pipeline(catalog.TINY_SPEC, "cpu"),
+        dataclasses.replace(PARAMS, guidance_scale_2=None),
+    )
+    assert not np.array_equal(both, other_guidance)
+    assert not np.array_equal(both, one)
+
+
+def test_resume_on_either_side_of_the_boundary_equals_an_uninterrupted_run(
+    model: LoadedModel,
+) -> None:
+    reference = pipeline.generate(model, PARAMS)
+    experts = _experts(model, PARAMS)
+    for k in range(PARAMS.num_inference_steps + 1):
+        state = pipeline.prepare(model, PARAMS)
+        while state.next_step < k:
+            pipeline.denoise_step(model, state)
+        snap = checkpoint.snapshot(state, job_id="video_experts", attempt=1, device="cpu")
+        data = checkpoint.encode(snap, model)
+        ckpt = checkpoint.decode(data, hashlib.sha256(data).hexdigest())
+        # The manifest names the expert of the step a resume starts with.
+        want = experts[k].value if k < len(experts) else None
+        assert ckpt.manifest["expert"] == want
+        checkpoint.check_compatible(
+            ckpt, model, PARAMS, job_id="video_experts", num_threads=torch.get_num_threads()
+        )
+        resumed = checkpoint.restore(model, ckpt, PARAMS)
+        while not resumed.done:
+            pipeline.denoise_step(model, resumed)
+        assert np.array_equal(pipeline.decode(model, resumed), reference), f"resume at {k}"
+
+
+def test_a_checkpoint_of_the_one_transformer_model_does_not_match_the_two_expert_one(
+    model: LoadedModel,
+) -> None:
+    # The weights hash covers transformer_2, so no resume crosses models.
+    one = pipeline.load_pipeline(catalog.TINY_SPEC, "cpu")
+    assert one.weights_hash != model.weights_hash
+
+
+def test_the_spec_gives_jobs_the_second_guidance(model: LoadedModel) -> None:
+    assert model.spec.guidance_scale_2 == PARAMS.guidance_scale_2
+    assert catalog.TINY_SPEC.guidance_scale_2 is None
+
+
+def test_a_second_transformer_without_a_boundary_is_refused(tmp_path: Path) -> None:
+    path = _two_expert_dir(tmp_path / "model", boundary_ratio=None)
+    with pytest.raises(ValueError, match="transformer_2 and boundary_ratio"):
+        pipeline.load_pipeline(catalog.spec_for_path(str(path)), "cpu")
+
+
+def test_guidance_scale_2_on_a_one_transformer_model_is_refused() -> None:
+    one = pipeline.load_pipeline(catalog.TINY_SPEC, "cpu")
+    with pytest.raises(ValueError, match="guidance_scale_2: videogen-tiny has one"):
+        pipeline.prepare(one, PARAMS)
+    bad = dataclasses.replace(PARAMS, guidance_scale_2=float("nan"))
+    with pytest.raises(ValueError, match="guidance_scale_2: must be a finite number"):
+        pipeline.check_params(catalog.TINY_SPEC, bad)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client(stack: Stack) -> AsyncIterator[Client]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
+        yield await connect(wait_s=10)
+
+
+async def test_a_job_stopped_after_the_switch_resumes_on_another_worker_exactly(
+    client: Client,
+    stack: Stack,
+    api: httpx.Client,
+    model: LoadedModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole stack with a two-expert model: a GPU worker stopped after the low-noise
+    expert took over hands the job over; a fresh worker resumes it from the checkpoint and the
+    frames equal an uninterrupted run's."""
+    from activities import media
+    from worker_gpu import main as gpu_main
+
+    assert model.spec.path is not None
+    settings = gpu_worker_settings(stack, monkeypatch, "experts", model=model.spec.path)
+    req = direct_request(
+        stack,
+        model=NAME,
+        gpu_task_queue=settings.gpu_task_queue(NAME),
+        num_inference_steps=40,
+        seed=PARAMS.seed,
+        prompt=PARAMS.prompt,
+    )
+    params = pipeline.GenerationParams.from_request(req, model.spec)
+    assert params.guidance_scale_2 == PARAMS.guidance_scale_2
+    switch = _experts(model, params).index(Expert.LOW_NOISE)
+    await jobs.start(client, req, ApiKey("k", "dev", "paid"))
+    stop = asyncio.Event()
+    worker = asyncio.ensure_future(gpu_main.run(settings, stop))
+    await asyncio.to_thread(wait_step, api, req.job_id, switch + 2)
+    stop.set()
+    assert await asyncio.wait_for(worker, timeout=60) == 0
+
+    stop = asyncio.Event()
+    fresh = asyncio.ensure_future(gpu_main.run(settings, stop))
+    try:
+        v = await asyncio.to_thread(wait_for, api, req.job_id)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(fresh, timeout=60) == 0
+    assert v["status"] == "completed" and v["attempt"] == 2, v
+    assert v["resumed_from_step"] > switch, v
+    assert v["frames_sha256"] == media.frames_sha256(pipeline.generate(model, params))
