@@ -219,7 +219,7 @@ class DiffusionActivities:
                 # The model draws at one size whatever is asked: the asked one must be one it
                 # offers (the API checks this too; a request may come from elsewhere).
                 spec.check_size(f"{req.width}x{req.height}", "width, height")
-            pipeline.check_params(spec, params)
+            pipeline.check_params(spec, params, self._model.size_multiple)
         except ValueError as err:
             raise ApplicationError(
                 str(err), type=c.ErrorCode.INVALID_INPUT, non_retryable=True

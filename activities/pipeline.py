@@ -22,7 +22,9 @@ small enough that all of the above runs on a CPU without downloading anything.
 Two-expert directories (Wan2.2 T2V-A14B: `transformer` for high noise, `transformer_2` for low
 noise, switching below `boundary_ratio` x 1000) run as WanPipeline runs them. Which expert a
 step uses is a function of its timestep alone, so a resume on either side of the boundary needs
-no more state; checkpoints record the expert of the next step for operators.
+no more state; checkpoints record the expert of the next step for operators. Directories with
+expanded timesteps (Wan2.2 TI2V-5B: one timestep per latent token rather than per sample) run
+as WanPipeline runs them too, at sizes that are multiples of `LoadedModel.size_multiple`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ from videogen.catalog import MAX_SEED, ModelSpec
 from videogen.contracts import VideoRequest
 
 # Pixel-to-latent factor times the transformer's spatial patch: Wan2.1's 8 x 2, the built-in
-# model's 4 x 4.
+# model's 4 x 4. Every model's sizes are multiples of it; some of a larger one (TI2V-5B's 16 x 2:
+# `LoadedModel.size_multiple`).
 SIZE_MULTIPLE = 16
 FRAME_STRIDE = 4
 
@@ -97,6 +100,14 @@ class LoadedModel:
         if ratio is None:
             return None
         return float(ratio) * self.pipe.scheduler.config.num_train_timesteps
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: the VAE's spatial factor times the
+        transformer's patch (16 for Wan2.1, 32 for TI2V-5B), and of SIZE_MULTIPLE always."""
+        patch = self.pipe.transformer.config.patch_size
+        factor = self.pipe.vae_scale_factor_spatial
+        return math.lcm(SIZE_MULTIPLE, factor * patch[1], factor * patch[2])
 
     def expert(self, t: torch.Tensor) -> Expert:
         """The expert WanPipeline uses at timestep `t` (its rule: t >= boundary is high noise)."""
@@ -225,9 +236,9 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
 
     dtypes: transformer and text encoder in bfloat16 on CUDA (float32 on the CPU, where
     bfloat16 is slow) and the VAE always in float32, as the Wan model card recommends for
-    decoding quality. Wan2.1 directories (one transformer) and Wan2.2 two-expert ones
-    (`transformer_2` with a `boundary_ratio`) are supported; expanded timesteps (Wan2.2 TI2V)
-    are not yet. The built-in model loads exactly as any other directory.
+    decoding quality. Wan2.1 directories (one transformer), Wan2.2 two-expert ones
+    (`transformer_2` with a `boundary_ratio`) and expanded-timestep ones (Wan2.2 TI2V) are
+    supported. The built-in model loads exactly as any other directory.
     """
     started = time.perf_counter()
     if spec.path is None:
@@ -242,8 +253,10 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
         vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32)
         pipe = WanPipeline.from_pretrained(spec.path, vae=vae, dtype=dtype)
     _check_experts(spec, pipe)
-    if pipe.config.expand_timesteps:
-        raise ValueError(f"{spec.path}: expand_timesteps (Wan2.2 TI2V) is not supported")
+    patch = tuple(pipe.transformer.config.patch_size)
+    if pipe.config.expand_timesteps and patch != (1, 2, 2):
+        # WanPipeline builds the per-token timesteps for a 1x2x2 patch only.
+        raise ValueError(f"{spec.path}: expand_timesteps needs patch_size (1, 2, 2), not {patch}")
     pipe.set_progress_bar_config(disable=True)
     for _, module in _hashed_modules(pipe):
         _clone_weights(module)
@@ -279,17 +292,21 @@ def _check_experts(spec: ModelSpec, pipe: WanPipeline) -> None:
         )
 
 
-def check_params(spec: ModelSpec, params: GenerationParams) -> None:
-    """Reject parameters the model cannot run, naming the field and what is allowed."""
+def check_params(
+    spec: ModelSpec, params: GenerationParams, size_multiple: int = SIZE_MULTIPLE
+) -> None:
+    """Reject parameters the model cannot run, naming the field and what is allowed;
+    `size_multiple` is the loaded model's (`LoadedModel.size_multiple`) where there is one."""
     if not isinstance(params.prompt, str) or not params.prompt.strip():
         raise ValueError("prompt: must be a non-empty string")
     if not isinstance(params.negative_prompt, str):
         raise ValueError("negative_prompt: must be a string (may be empty)")
     for name in ("width", "height"):
         value = getattr(params, name)
-        if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+        if not isinstance(value, int) or value <= 0 or value % size_multiple:
             raise ValueError(
-                f"{name}: must be a positive multiple of {SIZE_MULTIPLE}, got {value!r}"
+                f"{name}: must be a positive multiple of {size_multiple} for {spec.name}, "
+                f"got {value!r}"
             )
     frames = params.num_frames
     if not isinstance(frames, int) or frames < 1 or (frames - 1) % FRAME_STRIDE:
@@ -382,7 +399,7 @@ def denoise_step(model: LoadedModel, state: DenoiseState) -> None:
     with torch.no_grad():
         # 1. Inputs exactly as WanPipeline builds them.
         latent_model_input = state.latents.to(model.transformer_dtype)
-        timestep = t.expand(state.latents.shape[0])
+        timestep = _timestep_input(model, state.latents, t)
         cache_kwargs = {
             "step_index": i,
             "sigma": float(scheduler.sigmas[i]),
@@ -423,6 +440,16 @@ def denoise_step(model: LoadedModel, state: DenoiseState) -> None:
     state.scheduler = scratch
     state.latents = latents
     state.next_step = i + 1
+
+
+def _timestep_input(model: LoadedModel, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """One timestep per sample, or (expand_timesteps) one per latent token, built exactly as
+    WanPipeline builds it: a ones mask over the latents, every second row and column."""
+    if not model.pipe.config.expand_timesteps:
+        return t.expand(latents.shape[0])
+    mask = torch.ones(latents.shape, dtype=torch.float32, device=latents.device)
+    per_token = (mask[0][0][:, ::2, ::2] * t).flatten()
+    return per_token.unsqueeze(0).expand(latents.shape[0], -1)
 
 
 def _accepts_generator(scheduler: SchedulerMixin) -> bool:
@@ -468,7 +495,7 @@ def generate(
     on_step: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Whole generation without checkpoints. `on_step(done, total)` may raise to abort."""
-    check_params(model.spec, params)
+    check_params(model.spec, params, model.size_multiple)
     state = prepare(model, params)
     while not state.done:
         denoise_step(model, state)

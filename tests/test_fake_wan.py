@@ -246,6 +246,43 @@ def test_the_cli_writes_a_directory(capsys: pytest.CaptureFixture[str], tmp_path
     assert _json(out / "text_encoder" / "config.json")["num_layers"] == 2
 
 
+_LOOP_PARAMS = pipeline.GenerationParams(
+    prompt="a red ball bouncing",
+    negative_prompt="",
+    seed=0,
+    width=32,
+    height=32,
+    num_frames=5,
+    num_inference_steps=2,
+    guidance_scale=5.0,  # WanPipeline's default, and its guidance_scale_2 defaults to it
+)
+
+
+def _worker_loop_equals_wan_pipeline(out: Path) -> pipeline.LoadedModel:
+    """Load `out` as the GPU worker does and check its loop gives WanPipeline's frames on the
+    worker's own components (load_pipeline casts a bfloat16 text encoder to float32 on the
+    CPU, so a pipeline loaded with the files' dtypes is not the reference)."""
+    spec = dataclasses.replace(catalog.spec_for_path(out), max_sequence_length=TEST_TOKENS)
+    model = pipeline.load_pipeline(spec, "cpu")
+    p = _LOOP_PARAMS
+    state = pipeline.prepare(model, p)
+    while not state.done:
+        pipeline.denoise_step(model, state)
+    expected = model.pipe(
+        p.prompt,
+        negative_prompt=p.negative_prompt,
+        width=p.width,
+        height=p.height,
+        num_frames=p.num_frames,
+        num_inference_steps=p.num_inference_steps,
+        max_sequence_length=TEST_TOKENS,
+        generator=torch.Generator().manual_seed(p.seed),
+        output_type="np",
+    ).frames[0]
+    assert np.array_equal(pipeline.decode_float(model, state), expected)
+    return model
+
+
 @pytest.mark.slow
 @pytest.mark.big
 def test_a14b_switches_experts_at_the_boundary(tmp_path: Path) -> None:
@@ -258,38 +295,10 @@ def test_a14b_switches_experts_at_the_boundary(tmp_path: Path) -> None:
     assert ran == ["transformer", "transformer", "transformer_2", "transformer_2"]
     assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
     del pipe
-    # The GPU worker's loop on the same directory: the same experts, WanPipeline's frames.
-    spec = dataclasses.replace(catalog.spec_for_path(out), max_sequence_length=TEST_TOKENS)
-    model = pipeline.load_pipeline(spec, "cpu")
+    model = _worker_loop_equals_wan_pipeline(out)
     assert model.spec.guidance_scale_2 == 3.0 and model.boundary_timestep == 875.0
-    params = pipeline.GenerationParams(
-        prompt="a red ball bouncing",
-        negative_prompt="",
-        seed=0,
-        width=32,
-        height=32,
-        num_frames=5,
-        num_inference_steps=2,
-        guidance_scale=5.0,  # WanPipeline's default, and its guidance_scale_2 defaults to it
-    )
-    state = pipeline.prepare(model, params)
+    state = pipeline.prepare(model, _LOOP_PARAMS)
     assert [model.expert(t).value for t in state.timesteps] == ["transformer", "transformer_2"]
-    while not state.done:
-        pipeline.denoise_step(model, state)
-    # Against WanPipeline on the worker's own components (load_pipeline casts the bfloat16
-    # text encoder to float32 on the CPU, so the frames above are not the reference).
-    expected = model.pipe(
-        params.prompt,
-        negative_prompt="",
-        width=32,
-        height=32,
-        num_frames=5,
-        num_inference_steps=2,
-        max_sequence_length=TEST_TOKENS,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-    ).frames[0]
-    assert np.array_equal(pipeline.decode_float(model, state), expected)
 
 
 @pytest.mark.slow
@@ -302,3 +311,6 @@ def test_ti2v_5b_runs_with_expanded_timesteps(tmp_path: Path) -> None:
     assert pipe.config.expand_timesteps and pipe.vae.config.z_dim == 48
     assert ran == ["transformer"] * 4
     assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+    del pipe
+    model = _worker_loop_equals_wan_pipeline(out)
+    assert model.size_multiple == 32  # the 16x VAE times the 1x2x2 patch
