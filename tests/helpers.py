@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -144,6 +144,57 @@ def assert_reference_video(api: httpx.Client, job_id: str, body: dict[str, Any])
     assert content == media.encode_mp4(scaled, catalog.TINY_SPEC.fps), (
         f"{job_id}: same frames, but the MP4 bytes differ from this process's encode"
     )
+
+
+def wan_pipeline_frames(model: Any, params: Any, **extra: Any) -> Any:
+    """What WanPipeline.__call__ makes of `params` on the loaded model's own components: the
+    reference the worker's hand-written loop must equal, float32 (T, H, W, 3) in [0, 1]."""
+    import torch
+
+    return model.pipe(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        height=params.height,
+        width=params.width,
+        num_frames=params.num_frames,
+        num_inference_steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        generator=torch.Generator().manual_seed(params.seed),
+        output_type="np",
+        max_sequence_length=model.spec.max_sequence_length,
+        **extra,
+    ).frames[0]
+
+
+def assert_resumes_at_every_step(
+    model: Any, params: Any, check: Callable[[int, Any], None] | None = None
+) -> None:
+    """A checkpoint taken after each step k (0 to the last), encoded, decoded, checked and
+    restored, finishes with exactly the uninterrupted run's frames; `check(k, checkpoint)`
+    may look at each decoded checkpoint first."""
+    import numpy as np
+    import torch
+
+    from activities import checkpoint, pipeline
+
+    reference = pipeline.generate(model, params)
+    job = "video_resume_every_step"
+    for k in range(params.num_inference_steps + 1):
+        state = pipeline.prepare(model, params)
+        while state.next_step < k:
+            pipeline.denoise_step(model, state)
+        snap = checkpoint.snapshot(state, job_id=job, attempt=1, device="cpu")
+        data = checkpoint.encode(snap, model)
+        ckpt = checkpoint.decode(data, hashlib.sha256(data).hexdigest())
+        if check is not None:
+            check(k, ckpt)
+        checkpoint.check_compatible(
+            ckpt, model, params, job_id=job, num_threads=torch.get_num_threads()
+        )
+        resumed = checkpoint.restore(model, ckpt, params)
+        while not resumed.done:
+            pipeline.denoise_step(model, resumed)
+        assert np.array_equal(pipeline.decode(model, resumed), reference), f"resume at {k}"
 
 
 _MODEL: list[Any] = []

@@ -9,7 +9,6 @@ directory is `make test-big` (tests/test_fake_wan.py)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -18,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from helpers import assert_resumes_at_every_step, wan_pipeline_frames
 
-from activities import checkpoint, pipeline
+from activities import pipeline
 from activities.pipeline import GenerationParams, LoadedModel
 from videogen import catalog
 
@@ -80,18 +80,7 @@ def test_each_latent_token_gets_the_step_s_timestep(model: LoadedModel) -> None:
 
 
 def test_loop_equals_wan_pipeline_with_expanded_timesteps(model: LoadedModel) -> None:
-    expected = model.pipe(
-        prompt=PARAMS.prompt,
-        negative_prompt=PARAMS.negative_prompt,
-        height=PARAMS.height,
-        width=PARAMS.width,
-        num_frames=PARAMS.num_frames,
-        num_inference_steps=PARAMS.num_inference_steps,
-        guidance_scale=PARAMS.guidance_scale,
-        generator=torch.Generator().manual_seed(PARAMS.seed),
-        output_type="np",
-        max_sequence_length=model.spec.max_sequence_length,
-    ).frames[0]
+    expected = wan_pipeline_frames(model, PARAMS)
     state = pipeline.prepare(model, PARAMS)
     while not state.done:
         pipeline.denoise_step(model, state)
@@ -99,19 +88,7 @@ def test_loop_equals_wan_pipeline_with_expanded_timesteps(model: LoadedModel) ->
 
 
 def test_resume_at_every_step_equals_an_uninterrupted_run(model: LoadedModel) -> None:
-    reference = pipeline.generate(model, PARAMS)
-    for k in range(PARAMS.num_inference_steps + 1):
-        state = pipeline.prepare(model, PARAMS)
-        while state.next_step < k:
-            pipeline.denoise_step(model, state)
-        data = checkpoint.encode(
-            checkpoint.snapshot(state, job_id="video_expanded", attempt=1, device="cpu"), model
-        )
-        ckpt = checkpoint.decode(data, hashlib.sha256(data).hexdigest())
-        resumed = checkpoint.restore(model, ckpt, PARAMS)
-        while not resumed.done:
-            pipeline.denoise_step(model, resumed)
-        assert np.array_equal(pipeline.decode(model, resumed), reference), f"resume at {k}"
+    assert_resumes_at_every_step(model, PARAMS)
 
 
 def test_sizes_keep_to_the_model_s_multiple(model: LoadedModel) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import WanPipeline
+from helpers import wan_pipeline_frames
 
 from activities import pipeline
 from videogen import catalog, cli, fake_wan
@@ -268,17 +269,7 @@ def _worker_loop_equals_wan_pipeline(out: Path) -> pipeline.LoadedModel:
     state = pipeline.prepare(model, p)
     while not state.done:
         pipeline.denoise_step(model, state)
-    expected = model.pipe(
-        p.prompt,
-        negative_prompt=p.negative_prompt,
-        width=p.width,
-        height=p.height,
-        num_frames=p.num_frames,
-        num_inference_steps=p.num_inference_steps,
-        max_sequence_length=TEST_TOKENS,
-        generator=torch.Generator().manual_seed(p.seed),
-        output_type="np",
-    ).frames[0]
+    expected = wan_pipeline_frames(model, p)
     assert np.array_equal(pipeline.decode_float(model, state), expected)
     return model
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -22,7 +21,14 @@ import pytest
 import pytest_asyncio
 import torch
 from diffusers import WanTransformer3DModel
-from helpers import direct_request, gpu_worker_settings, wait_for, wait_step
+from helpers import (
+    assert_resumes_at_every_step,
+    direct_request,
+    gpu_worker_settings,
+    wait_for,
+    wait_step,
+    wan_pipeline_frames,
+)
 from temporalio.client import Client
 
 from activities import checkpoint, pipeline
@@ -92,19 +98,7 @@ def test_loop_equals_wan_pipeline_with_two_experts(
     model: LoadedModel, guidance_scale_2: float | None
 ) -> None:
     params = dataclasses.replace(PARAMS, guidance_scale_2=guidance_scale_2)
-    expected = model.pipe(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        height=params.height,
-        width=params.width,
-        num_frames=params.num_frames,
-        num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        guidance_scale_2=guidance_scale_2,
-        generator=torch.Generator().manual_seed(params.seed),
-        output_type="np",
-        max_sequence_length=model.spec.max_sequence_length,
-    ).frames[0]
+    expected = wan_pipeline_frames(model, params, guidance_scale_2=guidance_scale_2)
     state = pipeline.prepare(model, params)
     while not state.done:
         pipeline.denoise_step(model, state)
@@ -125,25 +119,12 @@ def test_the_second_expert_and_its_guidance_change_the_video(model: LoadedModel)
 def test_resume_on_either_side_of_the_boundary_equals_an_uninterrupted_run(
     model: LoadedModel,
 ) -> None:
-    reference = pipeline.generate(model, PARAMS)
     experts = _experts(model, PARAMS)
-    for k in range(PARAMS.num_inference_steps + 1):
-        state = pipeline.prepare(model, PARAMS)
-        while state.next_step < k:
-            pipeline.denoise_step(model, state)
-        snap = checkpoint.snapshot(state, job_id="video_experts", attempt=1, device="cpu")
-        data = checkpoint.encode(snap, model)
-        ckpt = checkpoint.decode(data, hashlib.sha256(data).hexdigest())
-        # The manifest names the expert of the step a resume starts with.
-        want = experts[k].value if k < len(experts) else None
-        assert ckpt.manifest["expert"] == want
-        checkpoint.check_compatible(
-            ckpt, model, PARAMS, job_id="video_experts", num_threads=torch.get_num_threads()
-        )
-        resumed = checkpoint.restore(model, ckpt, PARAMS)
-        while not resumed.done:
-            pipeline.denoise_step(model, resumed)
-        assert np.array_equal(pipeline.decode(model, resumed), reference), f"resume at {k}"
+
+    def names_the_next_expert(k: int, ckpt: checkpoint.Checkpoint) -> None:
+        assert ckpt.manifest["expert"] == (experts[k].value if k < len(experts) else None)
+
+    assert_resumes_at_every_step(model, PARAMS, names_the_next_expert)
 
 
 def test_a_checkpoint_of_the_one_transformer_model_does_not_match_the_two_expert_one(
