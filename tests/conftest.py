@@ -114,3 +114,23 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 def other_api(stack: Stack) -> Iterator[httpx.Client]:
     with api_client(stack, OTHER_KEY) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def small_13b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Wan2.1 1.3B directory at the published widths, cut to 2 transformer blocks and 1
+    text-encoder layer with a small vocabulary (1.8 GB), with random weights in 200 MB shards;
+    shared by the tests that load one (tests/test_fake_wan.py, tests/test_wan_stack.py)."""
+    from videogen import fake_wan
+
+    out = tmp_path_factory.mktemp("wan-1.3b") / "model"
+    fake_wan.build(
+        "wan2.1-t2v-1.3b",
+        out,
+        layers=2,
+        text_layers=1,
+        vocab_size=fake_wan.SMALL_VOCAB_SIZE,
+        # Small enough that the 2-block transformer (475 MB) is split like the published one.
+        max_shard_size="200MB",
+    )
+    return out

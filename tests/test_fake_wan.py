@@ -23,8 +23,6 @@ from activities import pipeline
 from videogen import catalog, cli, fake_wan
 from videogen.wan_variants import UMT5_XXL, VARIANTS, WanVariant, identify
 
-# Small enough that the 2-block 1.3B transformer (475 MB) is split like the published one.
-TEST_SHARD_SIZE = "200MB"
 # Tokens the text encoder reads in the runs here: the encoder's cost grows with them.
 TEST_TOKENS = 16
 
@@ -42,21 +40,6 @@ def config_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every variant at its published depth, configs only (no weights: well under a second)."""
     root = tmp_path_factory.mktemp("wan-configs")
     return {name: fake_wan.build(name, root / name, weights=False).path for name in VARIANTS}
-
-
-@pytest.fixture(scope="module")
-def small_13b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1.3B widths, 2 transformer blocks, 1 text-encoder layer, a small vocabulary: 1.8 GB."""
-    out = tmp_path_factory.mktemp("wan-1.3b") / "model"
-    fake_wan.build(
-        "wan2.1-t2v-1.3b",
-        out,
-        layers=2,
-        text_layers=1,
-        vocab_size=fake_wan.SMALL_VOCAB_SIZE,
-        max_shard_size=TEST_SHARD_SIZE,
-    )
-    return out
 
 
 def _generate(path: Path, width: int, height: int) -> tuple[WanPipeline, np.ndarray, list[str]]:
