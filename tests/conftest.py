@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 import s3server
 from helpers import api_client
+from temporalio.client import Client
 
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY
@@ -134,3 +136,13 @@ def small_13b(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_shard_size="200MB",
     )
     return out
+
+
+@pytest_asyncio.fixture(scope="session")
+async def stack_client(stack: Stack) -> AsyncIterator[Client]:
+    """A Temporal client of the session stack, for tests that start workflows directly."""
+    from videogen.temporal import connect
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
+        yield await connect(wait_s=10)

@@ -12,13 +12,11 @@ import asyncio
 import dataclasses
 import json
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
 import torch
 from diffusers import WanTransformer3DModel
 from helpers import (
@@ -37,7 +35,6 @@ from api import jobs
 from videogen import catalog
 from videogen.settings import ApiKey
 from videogen.stack import Stack
-from videogen.temporal import connect
 
 BOUNDARY_RATIO = 0.75
 NAME = "videogen-tiny-experts"
@@ -155,15 +152,8 @@ def test_guidance_scale_2_on_a_one_transformer_model_is_refused() -> None:
         pipeline.check_params(catalog.TINY_SPEC, bad)
 
 
-@pytest_asyncio.fixture(scope="module")
-async def client(stack: Stack) -> AsyncIterator[Client]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
-        yield await connect(wait_s=10)
-
-
 async def test_a_job_stopped_after_the_switch_resumes_on_another_worker_exactly(
-    client: Client,
+    stack_client: Client,
     stack: Stack,
     api: httpx.Client,
     model: LoadedModel,
@@ -188,7 +178,7 @@ async def test_a_job_stopped_after_the_switch_resumes_on_another_worker_exactly(
     params = pipeline.GenerationParams.from_request(req, model.spec)
     assert params.guidance_scale_2 == PARAMS.guidance_scale_2
     switch = _experts(model, params).index(Expert.LOW_NOISE)
-    await jobs.start(client, req, ApiKey("k", "dev", "paid"))
+    await jobs.start(stack_client, req, ApiKey("k", "dev", "paid"))
     stop = asyncio.Event()
     worker = asyncio.ensure_future(gpu_main.run(settings, stop))
     await asyncio.to_thread(wait_step, api, req.job_id, switch + 2)

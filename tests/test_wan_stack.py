@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from helpers import direct_request, gpu_worker_settings, wait_for, wait_step
 from temporalio.client import Client
 
@@ -22,22 +20,14 @@ from api import jobs
 from videogen import catalog
 from videogen.settings import ApiKey
 from videogen.stack import Stack
-from videogen.temporal import connect
 
 # A size the published model does not offer (it draws 832x480): a direct start may ask for any
 # multiple of 16, and at 32x32 a step takes well under a second on the CPU.
 SIZE = 32
 
 
-@pytest_asyncio.fixture(scope="module")
-async def client(stack: Stack) -> AsyncIterator[Client]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
-        yield await connect(wait_s=10)
-
-
 async def test_a_1_3b_shaped_job_resumes_on_another_worker_and_downloads_as_mp4(
-    client: Client,
+    stack_client: Client,
     stack: Stack,
     api: httpx.Client,
     small_13b: Path,
@@ -57,7 +47,7 @@ async def test_a_1_3b_shaped_job_resumes_on_another_worker_and_downloads_as_mp4(
         guidance_scale=spec.guidance_scale,
         prompt="a red ball bouncing",
     )
-    await jobs.start(client, req, ApiKey("k", "dev", "paid"))
+    await jobs.start(stack_client, req, ApiKey("k", "dev", "paid"))
     stop = asyncio.Event()
     worker = asyncio.ensure_future(gpu_main.run(settings, stop))
     await asyncio.to_thread(wait_step, api, req.job_id, 4, 180)

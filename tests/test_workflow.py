@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 from helpers import (
     assert_reference_video,
     direct_request,
@@ -31,17 +29,14 @@ from api import jobs
 from videogen import contracts as c
 from videogen.settings import ApiKey, Settings
 from videogen.stack import Stack
-from videogen.temporal import connect
 from workflows.video import VideoGeneration
 
 HISTORIES = Path(__file__).parent / "histories"
 
 
-@pytest_asyncio.fixture(scope="session")
-async def client(stack: Stack) -> AsyncIterator[Client]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPORAL_ADDRESS", f"127.0.0.1:{stack.temporal_port}")
-        yield await connect(wait_s=10)
+@pytest.fixture
+def client(stack_client: Client) -> Client:
+    return stack_client
 
 
 @pytest.mark.parametrize(
