@@ -21,7 +21,6 @@ The activity takes a `snapshot()` on the denoising thread (a copy of the state, 
 from __future__ import annotations
 
 import contextvars
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -41,7 +40,7 @@ import safetensors.torch
 import structlog
 import torch
 
-from activities.pipeline import DenoiseState, GenerationParams, LoadedModel
+from activities.pipeline import DenoiseState, GenerationParams, LoadedModel, job_scheduler
 from videogen import contracts as c
 from videogen import hostcpu, metrics
 from videogen.checkpoint_policy import CheckpointPolicy  # noqa: F401 - re-exported
@@ -318,10 +317,11 @@ def _params_dict(params: GenerationParams) -> dict[str, Any]:
     d["guidance_scale"] = float(d["guidance_scale"]).hex()  # exact, comparable
     # Left out when unset: a one-transformer job's parameters read as they did before two-expert
     # models, so checkpoints and frames written then still match.
-    if d["guidance_scale_2"] is None:
-        del d["guidance_scale_2"]
-    else:
-        d["guidance_scale_2"] = float(d["guidance_scale_2"]).hex()
+    for name in ("guidance_scale_2", "flow_shift"):
+        if d[name] is None:
+            del d[name]
+        else:
+            d[name] = float(d[name]).hex()
     return d
 
 
@@ -398,9 +398,10 @@ def check_compatible(
     if m.get("params") != _params_dict(params):
         raise CheckpointIncompatible("written for other generation parameters")
     sched = m.get("scheduler", {})
-    if sched.get("class") != type(model.pipe.scheduler).__name__ or sched.get(
-        "config"
-    ) != scheduler_config(model.pipe.scheduler):
+    expected = job_scheduler(model, params)
+    if sched.get("class") != type(expected).__name__ or sched.get("config") != scheduler_config(
+        expected
+    ):
         raise CheckpointIncompatible("written with another scheduler or scheduler config")
     if not 0 <= ckpt.next_step <= int(m.get("total_steps", -1)):
         raise CheckpointIncompatible(f"step {ckpt.next_step} out of range")
@@ -444,7 +445,7 @@ def restore(model: LoadedModel, ckpt: Checkpoint, params: GenerationParams) -> D
     devices = m.get("tensor_devices", {})
     # set_timesteps() resets the multistep state, so it comes first and the saved attributes
     # overwrite what it computed (docs/checkpoints.md, "What resumable denoising needs").
-    scheduler = copy.deepcopy(model.pipe.scheduler)
+    scheduler = job_scheduler(model, params)
     scheduler.set_timesteps(int(m["total_steps"]), device=torch.device(device))
     scheduler.set_begin_index(0)
     for attr, value in m["scheduler"]["state"].items():

@@ -130,6 +130,9 @@ class GenerationParams:
     # The low-noise expert's guidance (WanPipeline's guidance_scale_2), for two-expert models;
     # None there means the same as guidance_scale, and it must be None for other models.
     guidance_scale_2: float | None = None
+    # The sampler's flow shift for this job's size, where the model publishes one per size
+    # (Wan2.1 14B: 5.0 at 720P, 3.0 at 480P); None: the scheduler config's own.
+    flow_shift: float | None = None
 
     @classmethod
     def from_request(cls, req: VideoRequest, spec: ModelSpec) -> GenerationParams:
@@ -146,6 +149,7 @@ class GenerationParams:
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
             guidance_scale_2=spec.guidance_scale_2,
+            flow_shift=spec.flow_shift(width, height),
         )
 
     def guidance_for(self, expert: Expert) -> float:
@@ -353,7 +357,7 @@ def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:
             negative_prompt_embeds = negative_prompt_embeds.to(model.transformer_dtype)
 
         # 2. Timesteps on a copy: the pipeline's scheduler instance is shared by every run.
-        scheduler = copy.deepcopy(pipe.scheduler)
+        scheduler = job_scheduler(model, params)
         scheduler.set_timesteps(params.num_inference_steps, device=device)
         scheduler.set_begin_index(0)
 
@@ -380,6 +384,20 @@ def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:
         next_step=0,
         total_steps=len(scheduler.timesteps),
     )
+
+
+def job_scheduler(model: LoadedModel, params: GenerationParams) -> SchedulerMixin:
+    """A private scheduler for one job, before set_timesteps: the pipeline's, with the job's
+    flow shift where it has one of its own (a copy either way: the pipeline's instance is
+    shared by every run)."""
+    shared = model.pipe.scheduler
+    if params.flow_shift is None or params.flow_shift == shared.config.get("flow_shift"):
+        return copy.deepcopy(shared)
+    if "flow_shift" not in shared.config:
+        raise ValueError(
+            f"flow_shift: {type(shared).__name__} of {model.spec.name} has no flow shift"
+        )
+    return type(shared).from_config(shared.config, flow_shift=params.flow_shift)
 
 
 def _check_finite(tensor: torch.Tensor, step: int, what: str) -> None:

@@ -174,6 +174,10 @@ def test_the_catalog_gives_a_bare_directory_its_variant_s_defaults(
     # The A14B's low-noise expert has its own guidance (3.0); one-transformer variants none.
     assert spec.guidance_scale_2 == s.guidance_scale_2
     assert (spec.guidance_scale_2 is None) == (name != "wan2.2-t2v-a14b")
+    # Published shifts per size reach the jobs drawn at those sizes (14B: 5.0 at 720P).
+    assert spec.flow_shift_by_size == tuple(s.flow_shift_by_size.items())
+    if name == "wan2.1-t2v-14b":
+        assert (spec.flow_shift(1280, 720), spec.flow_shift(832, 480)) == (5.0, 3.0)
     assert spec.num_frames(spec.default_seconds) in (81, 121)  # the published clip lengths
 
 

@@ -9,10 +9,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from diffusers import WanPipeline
+from helpers import assert_resumes_at_every_step, wan_pipeline_frames
 
 from activities.pipeline import (
     DenoiseState,
@@ -219,3 +222,61 @@ def test_steps_and_decode_refuse_out_of_order(model: LoadedModel) -> None:
     denoise_step(model, state)
     with pytest.raises(ValueError, match="steps are done"):
         denoise_step(model, state)
+
+
+# --- a flow shift of the job's own (published per size, e.g. Wan2.1 14B's 5.0 at 720P) -------
+
+SHIFTED_SPEC = dataclasses.replace(TINY_SPEC, flow_shift_by_size=(("64x64", 5.0),))
+
+
+@pytest.fixture(scope="module")
+def shifted() -> LoadedModel:
+    return load_pipeline(SHIFTED_SPEC, "cpu")
+
+
+def test_the_spec_gives_a_job_its_size_s_flow_shift() -> None:
+    assert SHIFTED_SPEC.flow_shift(64, 64) == 5.0
+    assert SHIFTED_SPEC.flow_shift(128, 128) is None and TINY_SPEC.flow_shift(64, 64) is None
+
+
+def test_a_job_s_flow_shift_equals_wan_pipeline_with_that_shift(shifted: LoadedModel) -> None:
+    params = dataclasses.replace(SMALL, flow_shift=5.0)
+    shared = shifted.pipe.scheduler
+    assert shared.config.flow_shift == 3.0  # the built-in model's own
+    components = {**shifted.pipe.components}
+    components["scheduler"] = type(shared).from_config(shared.config, flow_shift=5.0)
+    reference = SimpleNamespace(pipe=WanPipeline(**components), spec=shifted.spec)
+    expected = wan_pipeline_frames(reference, params)
+
+    state = run_to_end(shifted, prepare(shifted, params))
+    assert np.array_equal(decode_float(shifted, state), expected)
+    assert state.scheduler.config.flow_shift == 5.0
+    assert shared.config.flow_shift == 3.0, "the shared scheduler must not change"
+    assert not np.array_equal(
+        generate(shifted, params), generate(shifted, dataclasses.replace(params, flow_shift=None))
+    )
+
+
+def test_a_job_with_its_own_flow_shift_resumes_exactly(shifted: LoadedModel) -> None:
+    assert_resumes_at_every_step(shifted, dataclasses.replace(SMALL, flow_shift=5.0))
+
+
+def test_a_resumed_job_keeps_its_flow_shift_for_its_next_checkpoint(shifted: LoadedModel) -> None:
+    # Resuming computes the same bits from the shared scheduler too (the saved sigmas overwrite
+    # what set_timesteps made), but its config would then name 3.0, and the next checkpoint of
+    # the resumed run would be refused as another scheduler's.
+    from activities import checkpoint
+
+    params = dataclasses.replace(SMALL, flow_shift=5.0)
+    state = prepare(shifted, params)
+    denoise_step(shifted, state)
+    snap = checkpoint.snapshot(state, job_id="video_shift", attempt=1, device="cpu")
+    data = checkpoint.encode(snap, shifted)
+    resumed = checkpoint.restore(shifted, checkpoint.decode(data), params)
+    assert resumed.scheduler.config.flow_shift == 5.0
+    denoise_step(shifted, resumed)
+    again = checkpoint.snapshot(resumed, job_id="video_shift", attempt=2, device="cpu")
+    ckpt = checkpoint.decode(checkpoint.encode(again, shifted))
+    checkpoint.check_compatible(
+        ckpt, shifted, params, job_id="video_shift", num_threads=torch.get_num_threads()
+    )

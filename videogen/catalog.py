@@ -41,6 +41,9 @@ class ModelSpec:
     guidance_scale: float = 5.0
     # Two-expert models (Wan2.2 A14B): the low-noise expert's guidance; None: guidance_scale.
     guidance_scale_2: float | None = None
+    # Published sampler flow shifts by size ('WxH', shift), where the scheduler config's one
+    # value does not fit every size (Wan2.1 14B: 5.0 at 720P, 3.0 at 480P).
+    flow_shift_by_size: tuple[tuple[str, float], ...] = ()
     # Local diffusers directory.
     path: str | None = None
     # The size the model draws at, whatever size was asked for: the encoder scales its frames
@@ -67,6 +70,10 @@ class ModelSpec:
                 f"{field}: {size!r} is not supported by {self.name}; "
                 f"allowed: {', '.join(self.sizes)}"
             )
+
+    def flow_shift(self, width: int, height: int) -> float | None:
+        """The published flow shift for a job drawn at width x height; None: the scheduler's."""
+        return dict(self.flow_shift_by_size).get(f"{width}x{height}")
 
     def generated_dims(self, size: str) -> tuple[int, int]:
         """(width, height) the model generates for a request of `size`."""
@@ -127,6 +134,10 @@ def _from_stated(stated: dict[str, Any], path: str, name: str | None) -> ModelSp
             default_steps=int(serving["default_steps"]),
             guidance_scale=float(serving.get("guidance_scale", 5.0)),
             guidance_scale_2=_optional_float(serving.get("guidance_scale_2")),
+            flow_shift_by_size=tuple(
+                (str(size), float(shift))
+                for size, shift in dict(serving.get("flow_shift_by_size", {})).items()
+            ),
             path=path,
             render_size=serving.get("render_size"),
             max_sequence_length=int(serving.get("max_sequence_length", 512)),

@@ -218,7 +218,6 @@ def _spec(v: WanVariant, built: dict[str, Any]) -> dict[str, Any]:
             "boundary_ratio": v.boundary_ratio,
             "expand_timesteps": v.expand_timesteps,
             "scheduler_flow_shift": v.scheduler["flow_shift"],
-            "flow_shift_by_size": dict(s.flow_shift_by_size),
             "reference_sample_shift": s.reference_sample_shift,
         },
         "fake": built,

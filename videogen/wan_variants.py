@@ -171,8 +171,8 @@ def _scheduler(flow_shift: float) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Serving:
-    """How to serve a variant: the `serving` object of a `videogen.json`, plus the published
-    figures that object has no field for (second guidance scale, flow shifts)."""
+    """How to serve a variant: the `serving` object of a `videogen.json` (`as_json`), plus
+    Wan's own sampler shift, which that object has no field for."""
 
     fps: int
     sizes: tuple[str, ...]
@@ -201,6 +201,7 @@ class Serving:
             "default_steps": self.default_steps,
             "guidance_scale": self.guidance_scale,
             **({} if g2 is None else {"guidance_scale_2": g2}),
+            **({"flow_shift_by_size": self.flow_shift_by_size} if self.flow_shift_by_size else {}),
             "max_sequence_length": self.max_sequence_length,
         }
 
