@@ -49,6 +49,7 @@ from diffusers.utils import logging as diffusers_logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers.utils import logging as transformers_logging
 
+from activities import model_dir
 from videogen.catalog import MAX_SEED, ModelSpec
 from videogen.contracts import VideoRequest
 
@@ -247,6 +248,7 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
     started = time.perf_counter()
     if spec.path is None:
         raise ValueError(f"model {spec.name!r} has no directory to load")
+    model_dir.check(spec)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     # Progress bars of a load that takes well under a second are noise in a worker's log.
     diffusers_logging.disable_progress_bar()
