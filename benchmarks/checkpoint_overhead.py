@@ -71,7 +71,7 @@ def _loop(
     return (time.perf_counter() - started) / state.total_steps
 
 
-def _run_mode(
+def run_mode(
     mode: str,
     every: int,
     model: pipeline.LoadedModel,
@@ -153,7 +153,7 @@ def measure(
         for r in range(repeats):
             order = modes[r % len(modes) :] + modes[: r % len(modes)]
             for mode in order:
-                per_step, written, size_b = _run_mode(mode, every, model, params, store)
+                per_step, written, size_b = run_mode(mode, every, model, params, store)
                 result.per_step_s[mode].append(per_step)
                 result.checkpoints[mode].append(written)
                 result.checkpoint_bytes = max(result.checkpoint_bytes, size_b)

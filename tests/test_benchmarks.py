@@ -18,6 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+def test_the_gpu_benchmark_runs_at_tiny_size(small_13b: Path, tmp_path: Path) -> None:
+    # On the CPU, on the shared 1.3B-wide directory (the same cut --tiny would build): the
+    # script, its children and its kill-and-resume, not figures.
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "-m", "benchmarks.gpu", "--tiny", "--dir", str(small_13b)]
+    run = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    figures = json.loads(out.read_text())
+    resumed = figures["kill_and_resume"]
+    # The kill lands a moment after the child reports step 2: it may have written step 3.
+    assert resumed["killed_after_step"] == 2 and resumed["resumed_from_step"] >= 2
+    assert resumed["equal_to_uninterrupted"] is True
+    assert len(figures["step_s"]) == figures["job"]["steps"] == 4
+    assert figures["checkpoint"]["bytes"] > 0 and figures["peak_gpu_bytes"] is None
+    assert run.stdout.splitlines()[-1].split() == ["resumed", "frames", "equal", "True"]
+
+
+@pytest.mark.slow
 def test_checkpoint_overhead_benchmark_runs() -> None:
     out = subprocess.run(
         [
