@@ -89,37 +89,33 @@ def _load(path: Path, device: str) -> pipeline.LoadedModel:
 
 
 class _Utilisation:
-    """NVML GPU utilisation samples while running (none without a GPU or NVML)."""
+    """GPU utilisation samples (NVML through `torch.cuda.utilization`, as the worker reads it)
+    while running; none without a GPU or NVML (the `gpu` extra)."""
 
     def __init__(self, device: str) -> None:
         self.samples: list[int] = []
         self._stop = threading.Event()
-        self._handle: Any = None
+        self._index: int | None = None
         if device.startswith("cuda"):
             try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                index = torch.cuda.current_device()
-                self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                torch.cuda.utilization(torch.cuda.current_device())
+                self._index = torch.cuda.current_device()
             except Exception:  # no NVML: report no samples rather than fail the benchmark
-                self._handle = None
+                self._index = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        import pynvml
-
         while not self._stop.wait(0.2):
-            self.samples.append(int(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+            self.samples.append(int(torch.cuda.utilization(self._index)))
 
     def __enter__(self) -> _Utilisation:
-        if self._handle is not None:
+        if self._index is not None:
             self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        if self._handle is not None:
+        if self._index is not None:
             self._thread.join()
 
 
