@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ _COMPONENTS = {
     "transformer": ("config.json", True),
     "vae": ("config.json", True),
 }
-# Every model's sizes are multiples of this (activities.pipeline.SIZE_MULTIPLE).
-_SIZE_FLOOR = 16
+# Pixel-to-latent factor times the transformer's spatial patch: Wan2.1's 8 x 2, the built-in
+# model's 4 x 4. Every model's sizes are multiples of it.
+SIZE_MULTIPLE = 16
 
 
 class ModelDirError(ValueError):
@@ -42,6 +44,7 @@ def check(spec: ModelSpec) -> None:
     if _listed(index, "transformer_2"):
         configs["transformer_2"] = _component(root, index, "transformer_2", "config.json", True)
     _check_fields(root, configs)
+    _check_pipeline(root, spec, index, configs)
     _check_sizes(root, spec, configs)
 
 
@@ -96,12 +99,39 @@ def _check_fields(root: Path, configs: dict[str, dict[str, Any]]) -> None:
             )
 
 
-def size_multiple(configs: dict[str, dict[str, Any]]) -> int:
+def _check_pipeline(
+    root: Path, spec: ModelSpec, index: dict[str, Any], configs: dict[str, dict[str, Any]]
+) -> None:
+    """The pipeline-level keys: two experts come with a boundary, guidance_scale_2 only with
+    two experts, expanded timesteps only with the patch WanPipeline builds them for."""
+    two = "transformer_2" in configs
+    boundary = index.get("boundary_ratio")
+    if two != (boundary is not None):
+        raise ModelDirError(
+            f"{root}/model_index.json: transformer_2 and boundary_ratio come together (found "
+            f"transformer_2={'yes' if two else 'no'}, boundary_ratio={boundary!r}); add or "
+            "remove both"
+        )
+    if spec.guidance_scale_2 is not None and not two:
+        raise ModelDirError(
+            f"{root}/videogen.json: guidance_scale_2 is set but the model has one transformer; "
+            "remove it"
+        )
+    patch = tuple(configs["transformer"].get("patch_size", (1, 2, 2)))
+    if index.get("expand_timesteps") and patch != (1, 2, 2):
+        raise ModelDirError(
+            f"{root}/transformer/config.json: expand_timesteps needs patch_size (1, 2, 2), "
+            f"not {patch}"
+        )
+
+
+def size_multiple(configs: Mapping[str, Mapping[str, Any]]) -> int:
     """What width and height must be multiples of: the VAE's spatial factor times the
-    transformer's patch, and 16 (LoadedModel.size_multiple computes it from loaded modules)."""
+    transformer's patch, and SIZE_MULTIPLE; from the configs (the JSON files', or loaded
+    modules' `config`)."""
     factor = int(configs["vae"].get("scale_factor_spatial", 8))
     patch = configs["transformer"].get("patch_size", [1, 2, 2])
-    return math.lcm(_SIZE_FLOOR, factor * int(patch[1]), factor * int(patch[2]))
+    return math.lcm(SIZE_MULTIPLE, factor * int(patch[1]), factor * int(patch[2]))
 
 
 def _check_sizes(root: Path, spec: ModelSpec, configs: dict[str, dict[str, Any]]) -> None:

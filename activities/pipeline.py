@@ -53,10 +53,9 @@ from activities import model_dir
 from videogen.catalog import MAX_SEED, ModelSpec
 from videogen.contracts import VideoRequest
 
-# Pixel-to-latent factor times the transformer's spatial patch: Wan2.1's 8 x 2, the built-in
-# model's 4 x 4. Every model's sizes are multiples of it; some of a larger one (TI2V-5B's 16 x 2:
-# `LoadedModel.size_multiple`).
-SIZE_MULTIPLE = 16
+# Every model's sizes are multiples of SIZE_MULTIPLE (model_dir's), some of a larger one
+# (TI2V-5B's 32: `LoadedModel.size_multiple`).
+SIZE_MULTIPLE = model_dir.SIZE_MULTIPLE
 FRAME_STRIDE = 4
 
 
@@ -106,9 +105,8 @@ class LoadedModel:
     def size_multiple(self) -> int:
         """Width and height must be multiples of this: the VAE's spatial factor times the
         transformer's patch (16 for Wan2.1, 32 for TI2V-5B), and of SIZE_MULTIPLE always."""
-        patch = self.pipe.transformer.config.patch_size
-        factor = self.pipe.vae_scale_factor_spatial
-        return math.lcm(SIZE_MULTIPLE, factor * patch[1], factor * patch[2])
+        configs = {"vae": self.pipe.vae.config, "transformer": self.pipe.transformer.config}
+        return model_dir.size_multiple(configs)
 
     def expert(self, t: torch.Tensor) -> Expert:
         """The expert WanPipeline uses at timestep `t` (its rule: t >= boundary is high noise)."""
@@ -258,11 +256,6 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
         # `dtype`, not `torch_dtype`: the latter is deprecated in diffusers 0.42.
         vae = AutoencoderKLWan.from_pretrained(spec.path, subfolder="vae", dtype=torch.float32)
         pipe = WanPipeline.from_pretrained(spec.path, vae=vae, dtype=dtype)
-    _check_experts(spec, pipe)
-    patch = tuple(pipe.transformer.config.patch_size)
-    if pipe.config.expand_timesteps and patch != (1, 2, 2):
-        # WanPipeline builds the per-token timesteps for a 1x2x2 patch only.
-        raise ValueError(f"{spec.path}: expand_timesteps needs patch_size (1, 2, 2), not {patch}")
     pipe.set_progress_bar_config(disable=True)
     for _, module in _hashed_modules(pipe):
         _clone_weights(module)
@@ -277,25 +270,6 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
         weights_hash=digest,
         load_seconds=time.perf_counter() - started,
     )
-
-
-def _check_experts(spec: ModelSpec, pipe: WanPipeline) -> None:
-    if pipe.transformer is None:
-        raise ValueError(f"{spec.path}: no transformer; the high-noise expert is required")
-    two = pipe.transformer_2 is not None
-    if two != (pipe.config.boundary_ratio is not None):
-        raise ValueError(
-            f"{spec.path}: transformer_2 and boundary_ratio in model_index.json come together "
-            f"(found transformer_2={'yes' if two else 'no'}, "
-            f"boundary_ratio={pipe.config.boundary_ratio!r}); add or remove both"
-        )
-    if two and pipe.transformer_2.dtype != pipe.transformer.dtype:
-        raise ValueError(f"{spec.path}: the two experts load with different dtypes")
-    if spec.guidance_scale_2 is not None and not two:
-        raise ValueError(
-            f"{spec.path}: guidance_scale_2 is set but the model has one transformer; "
-            "remove it from videogen.json"
-        )
 
 
 def check_params(

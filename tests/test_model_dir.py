@@ -102,6 +102,13 @@ def test_mismatched_experts_are_refused(tmp_path: Path) -> None:
         _check(path)
 
 
+def test_a_second_guidance_for_one_transformer_is_refused(tmp_path: Path) -> None:
+    path = _copy(tmp_path)
+    _edit(path / catalog.SPEC_FILE, lambda s: s["serving"].update(guidance_scale_2=3.0))
+    with pytest.raises(ModelDirError, match="guidance_scale_2 is set but the model has one"):
+        _check(path)
+
+
 def test_a_size_the_model_cannot_draw_is_refused(tmp_path: Path) -> None:
     path = _copy(tmp_path)
     _edit(path / catalog.SPEC_FILE, lambda s: s["serving"].update(render_size="40x40"))

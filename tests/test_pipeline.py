@@ -60,18 +60,7 @@ def run_to_end(model: LoadedModel, state: DenoiseState) -> DenoiseState:
 @pytest.mark.parametrize("guidance_scale", [5.0, 1.0], ids=["cfg", "no-cfg"])
 def test_loop_equals_wan_pipeline_bit_for_bit(model: LoadedModel, guidance_scale: float) -> None:
     params = dataclasses.replace(SMALL, num_inference_steps=3, guidance_scale=guidance_scale)
-    expected = model.pipe(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        height=params.height,
-        width=params.width,
-        num_frames=params.num_frames,
-        num_inference_steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        generator=torch.Generator().manual_seed(params.seed),
-        output_type="np",
-        max_sequence_length=TINY_SPEC.max_sequence_length,
-    ).frames[0]
+    expected = wan_pipeline_frames(model, params)
 
     state = run_to_end(model, prepare(model, params))
     ours = decode_float(model, state)
