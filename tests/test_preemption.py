@@ -168,8 +168,11 @@ async def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
     # The retry waits for the heartbeat timeout: time to damage the newest checkpoint.
     store = store_of(pstack)
     keys = store.list(c.checkpoints_prefix(job))
-    assert len(keys) == 2, keys  # the newest and the previous, nothing older
-    newest, previous = sorted(keys, key=lambda k: c.parse_checkpoint_key(k)[1])[::-1]
+    # The newest two, and at most one older: the writer deletes the oldest right after it
+    # confirms a newer one, and a SIGKILL between the two leaves it (the job's cleanup takes
+    # it). That it is deleted is tested in test_checkpoint.py, without a kill to race.
+    assert 2 <= len(keys) <= 3, keys
+    newest, previous = sorted(keys, key=lambda k: c.parse_checkpoint_key(k)[1])[::-1][:2]
     data = bytearray(store.get(newest))
     data[len(data) // 2] ^= 0xFF
     store.put(newest, bytes(data))
