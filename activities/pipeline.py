@@ -25,6 +25,8 @@ step uses is a function of its timestep alone, so a resume on either side of the
 no more state; checkpoints record the expert of the next step for operators. Directories with
 expanded timesteps (Wan2.2 TI2V-5B: one timestep per latent token rather than per sample) run
 as WanPipeline runs them too, at sizes that are multiples of `LoadedModel.size_multiple`.
+A worker short of memory may keep the text encoder or the inactive expert in host memory
+(`activities/placement.py`); the loop moves them in when they run.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.utils import logging as transformers_logging
 
 from activities import model_dir
+from activities.placement import Placed, Placement
 from videogen.catalog import MAX_SEED, ModelSpec
 from videogen.contracts import VideoRequest
 
@@ -88,6 +91,8 @@ class LoadedModel:
     device: str
     weights_hash: str
     load_seconds: float
+    # Where each part is now (the text encoder or an expert may wait in host memory).
+    placed: Placed
 
     @property
     def transformer_dtype(self) -> torch.dtype:
@@ -233,9 +238,9 @@ def _clone_weights(module: torch.nn.Module) -> None:
                 sub._buffers[name] = buf.clone()
 
 
-def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
-    """Load the spec's pipeline from its directory onto `device`, weights cloned, models in
-    eval().
+def load_pipeline(spec: ModelSpec, device: str, placement: Placement | None = None) -> LoadedModel:
+    """Load the spec's pipeline from its directory onto `device` (parts the `placement` keeps
+    in host memory excepted), weights cloned, models in eval().
 
     dtypes: transformer and text encoder in bfloat16 on CUDA (float32 on the CPU, where
     bfloat16 is slow) and the VAE always in float32, as the Wan model card recommends for
@@ -262,13 +267,14 @@ def load_pipeline(spec: ModelSpec, device: str) -> LoadedModel:
         module.eval()
     # Hash on the host before the move: same bytes, no device-to-host copies.
     digest = weights_hash(pipe)
-    pipe.to(device)
+    placed = Placed(dict(_hashed_modules(pipe)), device, placement or Placement())
     return LoadedModel(
         pipe=pipe,
         spec=spec,
         device=device,
         weights_hash=digest,
         load_seconds=time.perf_counter() - started,
+        placed=placed,
     )
 
 
@@ -318,20 +324,21 @@ def prepare(model: LoadedModel, params: GenerationParams) -> DenoiseState:
     do_cfg = params.do_classifier_free_guidance
     # no_grad rather than inference_mode: inference tensors refuse in-place updates outside
     # inference mode, and restoring a checkpoint writes into this state.
-    with torch.no_grad():
-        # 1. Prompt embeddings, cast to the transformer's dtype as WanPipeline does.
+    with torch.no_grad(), model.placed.text_encoder_in_use() as encode_on:
+        # 1. Prompt embeddings, cast to the transformer's dtype as WanPipeline does (and moved
+        #    to the device where the encoder ran elsewhere).
         prompt_embeds, negative_prompt_embeds = pipe.encode_prompt(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
             do_classifier_free_guidance=do_cfg,
             num_videos_per_prompt=1,
             max_sequence_length=model.spec.max_sequence_length,
-            device=device,
+            device=encode_on,
         )
-        prompt_embeds = prompt_embeds.to(model.transformer_dtype)
+        prompt_embeds = prompt_embeds.to(device, model.transformer_dtype)
         if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(model.transformer_dtype)
-
+            negative_prompt_embeds = negative_prompt_embeds.to(device, model.transformer_dtype)
+    with torch.no_grad():
         # 2. Timesteps on a copy: the pipeline's scheduler instance is shared by every run.
         scheduler = job_scheduler(model, params)
         scheduler.set_timesteps(params.num_inference_steps, device=device)
@@ -388,6 +395,7 @@ def denoise_step(model: LoadedModel, state: DenoiseState) -> None:
     i = state.next_step
     t = state.timesteps[i]
     expert = model.expert(t)
+    model.placed.activate_expert(expert.value)
     transformer = getattr(model.pipe, expert.value)
     scheduler = state.scheduler
     with torch.no_grad():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from videogen import catalog
 
 DEV_API_KEY = "vg-dev-key"
+
+
+class TextEncoderPlacement(StrEnum):
+    """Where a GPU worker keeps and runs its text encoder (activities/placement.py)."""
+
+    DEVICE = "device"  # kept and run on the accelerator
+    OFFLOAD = "offload"  # kept in host memory, moved to the accelerator to encode
+    CPU = "cpu"  # kept and run on the CPU
 
 
 class TierPolicy(BaseModel):
@@ -159,6 +168,16 @@ class Settings(BaseSettings):
         ge=0,
         description="Torch CPU threads of the GPU worker (0 = torch's default). "
         "Checkpoints resume bit for bit only with the same count on the CPU.",
+    )
+    text_encoder: TextEncoderPlacement = Field(
+        TextEncoderPlacement.DEVICE,
+        description="Where the GPU worker keeps its text encoder: device, offload (host "
+        "memory, moved in to encode; same bits as device) or cpu (runs there; other bits).",
+    )
+    offload_experts: bool = Field(
+        False,
+        description="Keep the inactive expert of a two-expert model (Wan2.2 A14B) in host "
+        "memory, swapping at the boundary step; same bits, one expert's memory.",
     )
     worker_metrics_port: int = Field(
         0, ge=0, description="Worker /metrics port, GPU and CPU workers alike (0 = off)."

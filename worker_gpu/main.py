@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 from activities import pipeline
 from activities.checkpoint import CheckpointPolicy
 from activities.diffusion import DiffusionActivities
+from activities.placement import Placement
 from videogen import logs, metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
@@ -63,7 +64,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     spec = settings.model_spec
     device = pipeline.pick_device()
     configure_torch(settings, device)
-    model = await asyncio.to_thread(pipeline.load_pipeline, spec, device)
+    placement = Placement(settings.text_encoder, settings.offload_experts)
+    model = await asyncio.to_thread(pipeline.load_pipeline, spec, device, placement)
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
     queue = settings.gpu_task_queue(spec.name, settings.worker_pool)
@@ -118,6 +120,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         pool=settings.worker_pool or "shared",
         model=spec.name,
         device=device,
+        placement=placement.describe(),
         torch_threads=torch.get_num_threads(),
         load_seconds=round(model.load_seconds, 3),
         storage=store.describe(),
