@@ -67,13 +67,20 @@ class Placed:
         self.plan = plan
         self._parts = {name: part for name, part in parts.items() if part is not None}
         self.where: dict[str, str] = {}
+        self.rehome(plan)
+
+    def rehome(self, plan: Placement) -> None:
+        """Follow `plan` from now on, every part moved to where it keeps it between jobs."""
+        self.plan = plan
         for name in self._parts:
-            if name == "text_encoder":
-                self._move(name, plan.text_encoder_home(device))
-            elif name == "transformer_2" and plan.offload_experts:
-                self._move(name, HOST)
-            else:
-                self._move(name, device)
+            self._move(name, self._home(name))
+
+    def _home(self, name: str) -> str:
+        if name == "text_encoder":
+            return self.plan.text_encoder_home(self.device)
+        if name == "transformer_2" and self.plan.offload_experts:
+            return HOST
+        return self.device
 
     def _move(self, name: str, to: str) -> None:
         if self.where.get(name) != to:

@@ -16,6 +16,9 @@ It measures, in this order, and prints a table last:
 - an attempt SIGKILLed in a child process once its checkpoint after step `--kill-at` is
   written, then resumed from the store in a second child as a retry would be
   (`checkpoint.find_resume_point`): its frames' sha256 against the uninterrupted run's;
+- the job again with the text encoder in host memory between encodes
+  (VIDEOGEN_TEXT_ENCODER=offload): peak GPU memory, prepare's time with and without the
+  encoder's moves, and whether the frames changed;
 - seconds per step with the deterministic CUDA settings off, for what they cost.
 
 `--tiny` builds 2 blocks and 1 text-encoder layer at 1.3B widths and runs 32x32, 5 frames,
@@ -42,9 +45,10 @@ from typing import Any
 import torch
 
 from activities import checkpoint, media, pipeline
+from activities.placement import Placement
 from benchmarks import checkpoint_overhead
 from videogen import catalog, fake_wan, logs
-from videogen.settings import Settings
+from videogen.settings import Settings, TextEncoderPlacement
 from videogen.storage import open_store
 
 JOB = "video_gpu_bench"
@@ -263,6 +267,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         resumed = _kill_and_resume(path, job, args.kill_at, store_dir)
     resumed["equal_to_uninterrupted"] = resumed["frames_sha256"] == sha
     figures["kill_and_resume"] = resumed
+    figures["text_encoder_offload"] = _offloaded(model, params, sha)
     if device.startswith("cuda"):
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
@@ -271,13 +276,46 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return figures
 
 
+def _offloaded(
+    model: pipeline.LoadedModel, params: pipeline.GenerationParams, sha: str
+) -> dict[str, Any]:
+    """The job again with the text encoder in host memory between encodes (the worker's
+    VIDEOGEN_TEXT_ENCODER=offload): peak memory, prepare's time with the encoder's moves in
+    and out against without, and whether the frames changed (they must not)."""
+    cuda = model.device.startswith("cuda")
+
+    def prepare_s() -> float:
+        started = time.perf_counter()
+        pipeline.prepare(model, params)
+        _sync(model.device)
+        return time.perf_counter() - started
+
+    resident_s = prepare_s()
+    model.placed.rehome(Placement(TextEncoderPlacement.OFFLOAD))
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        _, offload_sha = _timed_run(model, params)
+        peak = torch.cuda.max_memory_allocated() if cuda else None
+        offload_s = prepare_s()
+    finally:
+        model.placed.rehome(Placement())
+    return {
+        "peak_gpu_bytes": peak,
+        "prepare_s": offload_s,
+        "prepare_s_resident": resident_s,
+        "equal_to_resident": offload_sha == sha,
+    }
+
+
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
 
 
 def table(f: dict[str, Any]) -> str:
     job, ck, over, kr = f["job"], f["checkpoint"], f["checkpoint_overhead"], f["kill_and_resume"]
-    util = f["gpu_utilisation_pct"]
+    util, off = f["gpu_utilisation_pct"], f["text_encoder_offload"]
     rows = [
         ("device", f["device"]),
         ("job", f"{job['size']}, {job['frames']} frames, {job['steps']} steps"),
@@ -292,6 +330,9 @@ def table(f: dict[str, Any]) -> str:
         ("SIGKILL after step", str(kr["killed_after_step"])),
         ("resumed from step", str(kr["resumed_from_step"])),
         ("resumed frames equal", str(kr["equal_to_uninterrupted"])),
+        ("text encoder offloaded: peak", _gib(off["peak_gpu_bytes"])),
+        ("  prepare", f"{off['prepare_s']:.3f} s, {off['prepare_s_resident']:.3f} s resident"),
+        ("  frames equal", str(off["equal_to_resident"])),
     ]
     if "step_s_median_nondeterministic" in f:
         rows.append(("step, deterministic off", f"{f['step_s_median_nondeterministic']:.3f} s"))

@@ -105,3 +105,12 @@ def test_placement_settings_name_the_allowed_values(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("VIDEOGEN_TEXT_ENCODER", "gpu")
     with pytest.raises(ValueError, match="'device', 'offload' or 'cpu'"):
         Settings()
+
+
+def test_a_new_plan_rehomes_the_parts() -> None:
+    p, moves = placed(Placement(), experts=2)
+    moves.clear()
+    p.rehome(Placement(TextEncoderPlacement.OFFLOAD, offload_experts=True))
+    assert sorted(moves) == [("text_encoder", HOST), ("transformer_2", HOST)]
+    p.rehome(Placement())
+    assert p.where == dict.fromkeys(["transformer", "vae", "text_encoder", "transformer_2"], GPU)
