@@ -315,13 +315,15 @@ def encode(snap: Snapshot, model: LoadedModel) -> bytes:
 def _params_dict(params: GenerationParams) -> dict[str, Any]:
     d = dataclasses.asdict(params)
     d["guidance_scale"] = float(d["guidance_scale"]).hex()  # exact, comparable
-    # Left out when unset: a one-transformer job's parameters read as they did before two-expert
-    # models, so checkpoints and frames written then still match.
+    # Left out when unset: a one-transformer, whole-frame job's parameters read as they did
+    # before two-expert models and tiling, so checkpoints and frames written then still match.
     for name in ("guidance_scale_2", "flow_shift"):
         if d[name] is None:
             del d[name]
         else:
             d[name] = float(d[name]).hex()
+    if not d["vae_tiling"]:
+        del d["vae_tiling"]
     return d
 
 

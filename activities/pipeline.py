@@ -137,6 +137,8 @@ class GenerationParams:
     # The sampler's flow shift for this job's size, where the model publishes one per size
     # (Wan2.1 14B: 5.0 at 720P, 3.0 at 480P); None: the scheduler config's own.
     flow_shift: float | None = None
+    # Decode in tiles (the model's `vae_tiling_min_pixels`): other bits than a whole-frame decode.
+    vae_tiling: bool = False
 
     @classmethod
     def from_request(cls, req: VideoRequest, spec: ModelSpec) -> GenerationParams:
@@ -154,6 +156,7 @@ class GenerationParams:
             guidance_scale=req.guidance_scale,
             guidance_scale_2=spec.guidance_scale_2,
             flow_shift=spec.flow_shift(width, height),
+            vae_tiling=spec.vae_tiling(width, height),
         )
 
     def guidance_for(self, expert: Expert) -> float:
@@ -464,6 +467,11 @@ def decode_float(model: LoadedModel, state: DenoiseState) -> np.ndarray:
         raise ValueError(f"decode after all steps: {state.next_step}/{state.total_steps} done")
     pipe = model.pipe
     vae = pipe.vae
+    # Set for every decode: the VAE is shared by every job of the worker.
+    if state.params.vae_tiling:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
     with torch.no_grad():
         latents = state.latents.to(vae.device, dtype=vae.dtype)
         z_dim = vae.config.z_dim

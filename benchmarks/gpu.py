@@ -77,6 +77,7 @@ class Job:
             guidance_scale=spec.guidance_scale,
             guidance_scale_2=spec.guidance_scale_2,
             flow_shift=spec.flow_shift(width, height),
+            vae_tiling=spec.vae_tiling(width, height),
         )
 
 

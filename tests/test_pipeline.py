@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import shutil
 import subprocess
@@ -269,3 +270,29 @@ def test_a_resumed_job_keeps_its_flow_shift_for_its_next_checkpoint(shifted: Loa
     checkpoint.check_compatible(
         ckpt, shifted, params, job_id="video_shift", num_threads=torch.get_num_threads()
     )
+
+
+def test_a_tiled_decode_equals_wan_pipeline_with_tiling(model: LoadedModel) -> None:
+    # Wider than one 256-pixel tile, so the decode really tiles.
+    params = dataclasses.replace(SMALL, width=320, height=64, num_frames=5, num_inference_steps=2)
+    tiled = dataclasses.replace(params, vae_tiling=True)
+    model.pipe.vae.enable_tiling()
+    try:
+        expected = wan_pipeline_frames(model, params)
+    finally:
+        model.pipe.vae.disable_tiling()
+    state = run_to_end(model, prepare(model, tiled))
+    assert np.array_equal(decode_float(model, state), expected)
+    whole = decode_float(model, dataclasses.replace(state, params=params))
+    assert not np.array_equal(whole, expected), "tiles change the bits"
+    assert np.array_equal(whole, wan_pipeline_frames(model, params)), "tiling is set per decode"
+
+
+def test_a_model_tiles_its_decode_from_a_size_on(tmp_path: Path) -> None:
+    spec = dataclasses.replace(TINY_SPEC, vae_tiling_min_pixels=320 * 64)
+    assert spec.vae_tiling(320, 64) and spec.vae_tiling(64, 320) and not spec.vae_tiling(64, 64)
+    assert not TINY_SPEC.vae_tiling(1280, 720), "off unless the model's videogen.json sets it"
+    stated = json.loads((Path(TINY_SPEC.path or "") / SPEC_FILE).read_text())
+    stated["serving"]["vae_tiling_min_pixels"] = 921600
+    (tmp_path / SPEC_FILE).write_text(json.dumps(stated))
+    assert spec_for_path(str(tmp_path)).vae_tiling(1280, 720)

@@ -44,6 +44,9 @@ class ModelSpec:
     # Published sampler flow shifts by size ('WxH', shift), where the scheduler config's one
     # value does not fit every size (Wan2.1 14B: 5.0 at 720P, 3.0 at 480P).
     flow_shift_by_size: tuple[tuple[str, float], ...] = ()
+    # Frames of at least this many pixels (width x height) decode in tiles (diffusers'
+    # AutoencoderKLWan.enable_tiling, default tiles): less decode memory, other bits. None: never.
+    vae_tiling_min_pixels: int | None = None
     # Local diffusers directory.
     path: str | None = None
     # The size the model draws at, whatever size was asked for: the encoder scales its frames
@@ -74,6 +77,11 @@ class ModelSpec:
     def flow_shift(self, width: int, height: int) -> float | None:
         """The published flow shift for a job drawn at width x height; None: the scheduler's."""
         return dict(self.flow_shift_by_size).get(f"{width}x{height}")
+
+    def vae_tiling(self, width: int, height: int) -> bool:
+        """Whether a job drawn at width x height decodes in tiles."""
+        least = self.vae_tiling_min_pixels
+        return least is not None and width * height >= least
 
     def generated_dims(self, size: str) -> tuple[int, int]:
         """(width, height) the model generates for a request of `size`."""
@@ -138,6 +146,7 @@ def _from_stated(stated: dict[str, Any], path: str, name: str | None) -> ModelSp
                 (str(size), float(shift))
                 for size, shift in dict(serving.get("flow_shift_by_size", {})).items()
             ),
+            vae_tiling_min_pixels=_optional_int(serving.get("vae_tiling_min_pixels")),
             path=path,
             render_size=serving.get("render_size"),
             max_sequence_length=int(serving.get("max_sequence_length", 512)),
@@ -148,6 +157,10 @@ def _from_stated(stated: dict[str, Any], path: str, name: str | None) -> ModelSp
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _tiny_spec() -> ModelSpec:
