@@ -187,8 +187,8 @@ async def test_poisoned_worker_exits_and_the_job_resumes_on_a_fresh_one(
     settings = gpu_worker_settings(stack, monkeypatch, "poison")
     real_load = pipeline.load_pipeline
 
-    def poisoned_load(spec: object, device: str) -> pipeline.LoadedModel:
-        model = real_load(spec, device)  # type: ignore[arg-type]
+    def poisoned_load(spec: object, device: str, placement: object) -> pipeline.LoadedModel:
+        model = real_load(spec, device, placement)  # type: ignore[arg-type]
         forward, calls = model.pipe.transformer.forward, [0]
 
         def nan_after_six_steps(*args: object, **kwargs: object) -> object:
