@@ -145,7 +145,8 @@ class GenerationParams:
         """The parameters of a job's request (the rest of it is scheduling, not generation),
         at the size `spec`'s model draws for it (the encoder scales frames to the request's)."""
         width, height = spec.generated_dims(f"{req.width}x{req.height}")
-        return cls(
+        return cls.for_spec(
+            spec,
             prompt=req.prompt,
             negative_prompt=req.negative_prompt,
             seed=req.seed,
@@ -154,6 +155,33 @@ class GenerationParams:
             num_frames=req.num_frames,
             num_inference_steps=req.num_inference_steps,
             guidance_scale=req.guidance_scale,
+        )
+
+    @classmethod
+    def for_spec(
+        cls,
+        spec: ModelSpec,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seed: int,
+        width: int,
+        height: int,
+        num_frames: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+    ) -> GenerationParams:
+        """The given parameters with those the model sets for them (the low-noise expert's
+        guidance, the size's flow shift and tiling): the one place they are derived."""
+        return cls(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=seed,
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
             guidance_scale_2=spec.guidance_scale_2,
             flow_shift=spec.flow_shift(width, height),
             vae_tiling=spec.vae_tiling(width, height),

@@ -66,7 +66,8 @@ class Job:
 
     def params(self, spec: catalog.ModelSpec) -> pipeline.GenerationParams:
         width, height = spec.parse_size(self.size)
-        return pipeline.GenerationParams(
+        return pipeline.GenerationParams.for_spec(
+            spec,
             prompt=PROMPT,
             negative_prompt="",
             seed=self.seed,
@@ -75,9 +76,6 @@ class Job:
             num_frames=self.frames,
             num_inference_steps=self.steps,
             guidance_scale=spec.guidance_scale,
-            guidance_scale_2=spec.guidance_scale_2,
-            flow_shift=spec.flow_shift(width, height),
-            vae_tiling=spec.vae_tiling(width, height),
         )
 
 
