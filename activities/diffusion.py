@@ -102,9 +102,13 @@ class _Prior:
     poisoned: int
 
     @classmethod
-    def parse(cls, details: Sequence[Any]) -> _Prior:
+    def parse(cls, details: Sequence[Any], inp: c.GenerateInput | None = None) -> _Prior:
+        """From the last attempt's heartbeat details; the first attempt of a job offered again
+        after a cold start has none, and takes what the workflow saw it reach."""
         raw = details[0] if details and isinstance(details[0], dict) else None
         d = raw or {}
+        if raw is None and inp is not None and inp.attempt_base:
+            d = {"reached_step": inp.prior_reached_step, "wasted_steps": inp.prior_wasted_steps}
 
         def as_int(v: object) -> int:
             return v if isinstance(v, int) and v >= 0 else 0
@@ -148,14 +152,37 @@ class DiffusionActivities:
         # The worker runs one activity at a time; the lock makes that a property of the class
         # too, so a misconfigured worker cannot run two jobs on one GPU.
         self._busy = threading.Lock()
+        # Generate activities in flight, and whether new ones may start: a worker switching
+        # models (worker_gpu.models) hands a job offered meanwhile back to its queue.
+        self.running = 0
+        self.accepting = True
+
+    def hold(self, model: pipeline.LoadedModel) -> None:
+        """Serve `model` from now on (after a switch): jobs scheduled before now waited for it."""
+        self._model = model
+        self.ready_at = datetime.now(UTC)
 
     @activity.defn(name=c.ACTIVITY_GENERATE)
     async def generate_video(self, inp: c.GenerateInput) -> c.GenerateOutput:
         """Admit, start (or resume), denoise while heartbeating, publish the frames."""
+        if not self.accepting:
+            raise ApplicationError(
+                "this GPU worker is switching models; the job goes back to its queue",
+                type=c.ErrorCode.WORKER_BUSY,
+            )
+        self.running += 1
+        try:
+            return await self._generate(inp)
+        finally:
+            self.running -= 1
+
+    async def _generate(self, inp: c.GenerateInput) -> c.GenerateOutput:
         req, info = inp.request, activity.info()
-        logger = log.bind(job_id=req.job_id, attempt=info.attempt, model=req.model)
+        attempt = inp.attempt_base + info.attempt
+        logger = log.bind(job_id=req.job_id, attempt=attempt, model=req.model)
         params = self._admit(req)
-        run = self._new_run(req, info.attempt, _Prior.parse(info.heartbeat_details))
+        prior = _Prior.parse(info.heartbeat_details, inp)
+        run = self._new_run(req, attempt, prior)
         warm = await self._record_start(inp, run, logger)
         started = time.monotonic()
         work = asyncio.ensure_future(asyncio.to_thread(self._work, run, params, logger))
@@ -173,7 +200,9 @@ class DiffusionActivities:
             # of these over its attempts minus its steps.
             logger.info("attempt ended", steps_computed=run.computed, reused_frames=run.reused_from)
         elapsed = time.monotonic() - started
-        metrics.GENERATION_SECONDS.labels(req.model, f"{req.width}x{req.height}").observe(elapsed)
+        metrics.GENERATION_SECONDS.labels(
+            req.model, c.model_ref(req.model, req.model_version), f"{req.width}x{req.height}"
+        ).observe(elapsed)
         logger.info(
             "generation finished",
             seconds=round(elapsed, 3),
@@ -209,6 +238,14 @@ class DiffusionActivities:
         if req.model != self._model.spec.name:
             raise ApplicationError(
                 f"this worker serves model {self._model.spec.name!r}, not {req.model!r}",
+                type=c.ErrorCode.MODEL_MISMATCH,
+                non_retryable=True,
+            )
+        version = self._model.version
+        if req.model_version and req.model_version != version:
+            raise ApplicationError(
+                f"this worker holds {req.model!r} at version {version[:12]}, the job asks for "
+                f"{req.model_version[:12]}: only workers of that version poll its warm queue",
                 type=c.ErrorCode.MODEL_MISMATCH,
                 non_retryable=True,
             )

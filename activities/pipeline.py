@@ -93,6 +93,9 @@ class LoadedModel:
     load_seconds: float
     # Where each part is now (the text encoder or an expert may wait in host memory).
     placed: Placed
+    # sha256 of the directory's files (videogen.registry.version_of): the version jobs name,
+    # set by the worker from its catalog ("" where no catalog says: no job's version checked).
+    version: str = ""
 
     @property
     def transformer_dtype(self) -> torch.dtype:

@@ -75,6 +75,12 @@ class Placed:
         for name in self._parts:
             self._move(name, self._home(name))
 
+    def park(self) -> None:
+        """Every part to host memory: the model stays loaded but leaves the device to another
+        (a GPU worker switching models); `rehome` brings it back."""
+        for name in self._parts:
+            self._move(name, HOST)
+
     def _home(self, name: str) -> str:
         if name == "text_encoder":
             return self.plan.text_encoder_home(self.device)

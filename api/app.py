@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
 from api.fleet import FleetCache
-from api.routers import admin, events, files, health, videos, webhooks
-from videogen import tracing
+from api.routers import admin, events, files, health, models, videos, webhooks
+from videogen import registry, tracing
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect_api
@@ -34,10 +34,13 @@ LATENCY = Histogram("videogen_api_request_seconds", "HTTP request latency", ["me
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.keys  # noqa: B018 - a malformed VIDEOGEN_API_KEYS fails at start, not per request
+    # A bad catalog fails at start too; a catalog file is followed for changes from here on.
+    live_models = registry.Live(settings.models, settings.model, settings.model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.models = live_models
         app.state.store = open_store(settings.resolved_storage_url)
         # Lazy: the API starts while Temporal is down and answers 503 until it is back.
         app.state.client = await connect_api()
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = asyncio.Event()
     errors.install(app)
     app.include_router(videos.router)
+    app.include_router(models.router)
     app.include_router(events.router)
     app.include_router(files.router)
     app.include_router(webhooks.router)

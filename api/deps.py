@@ -10,18 +10,29 @@ pool, and four thread hops per request cost more than the whole lookup (measured
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
 from temporalio.client import Client
 
 from api.errors import ApiError
+from videogen.registry import Live, Registry
 from videogen.settings import ApiKey, Settings
 from videogen.storage import ObjectStore
 
 
 async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+async def get_registry(request: Request) -> Registry:
+    """The model catalog now: a changed catalog file is read (in a thread) at most once a
+    second."""
+    live: Live = request.app.state.models
+    if live.due():
+        await asyncio.to_thread(live.refresh)
+    return live.registry
 
 
 async def get_client(request: Request) -> Client:
@@ -55,4 +66,5 @@ async def current_key(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClientDep = Annotated[Client, Depends(get_client)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
 KeyDep = Annotated[ApiKey, Depends(current_key)]

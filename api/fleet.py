@@ -1,6 +1,6 @@
 """The GPU fleet as an autoscaler sees it: backlog, running jobs, workers, drain time.
 
-Per GPU task queue (one per model and pool) and per tier:
+Per warm GPU task queue (one per model version and pool) and per tier:
 - backlog: Temporal's task-queue stats per priority key (`describe_task_queue`, report_stats).
   The server caches them for about 5 s and they exclude tasks already running;
 - running: jobs in progress (visibility, `VideogenStatus = 'in_progress'`): about the number
@@ -38,6 +38,7 @@ from temporalio.client import Client
 from api import queue
 from videogen import contracts as c
 from videogen import visibility as vis
+from videogen.registry import ServedModel
 from videogen.settings import Settings
 from videogen.temporal import API_RPC_TIMEOUT
 
@@ -77,6 +78,7 @@ class TierLoad:
 class QueueLoad:
     queue: str
     model: str
+    model_version: str
     pool: str
     workers_polling: int
     backlog: int
@@ -111,17 +113,25 @@ def drain_time(backlog_ahead: int, avg_s: float, workers: int) -> float:
 
 
 async def snapshot(client: Client, settings: Settings) -> Fleet:
-    model = settings.model_spec.name
+    """Every warm queue: each model of the catalog (as it stood at start) in each pool."""
     pools = [""] + [t for t, p in settings.tiers.items() if p.dedicated_pool]
-    avg = await queue.average_generation_seconds(client, model)
-    queues = await asyncio.gather(*(_queue(client, settings, model, pool, avg) for pool in pools))
+    models = list(settings.registry.models.values())
+    avgs = await asyncio.gather(*(queue.average_generation_seconds(client, m.name) for m in models))
+    queues = await asyncio.gather(
+        *(
+            _queue(client, settings, m, pool, avg)
+            for m, avg in zip(models, avgs, strict=True)
+            for pool in pools
+        )
+    )
     return Fleet(generated_at=time.time(), stats_lag_s=STATS_LAG_S, queues=list(queues))
 
 
 async def _queue(
-    client: Client, settings: Settings, model: str, pool: str, avg: float
+    client: Client, settings: Settings, served: ServedModel, pool: str, avg: float
 ) -> QueueLoad:
-    name = settings.gpu_task_queue(model, pool)
+    name = settings.warm_queue(served, pool)
+    model = served.name
     resp = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,
@@ -162,6 +172,7 @@ async def _queue(
     return QueueLoad(
         queue=name,
         model=model,
+        model_version=served.ref,
         pool=pool or "shared",
         workers_polling=pollers,
         backlog=int(resp.stats.approximate_backlog_count),

@@ -59,7 +59,9 @@ async def start(
     memo = {
         "prompt": req.prompt,
         "negative_prompt": req.negative_prompt,
-        "model": req.model,
+        # As asked (an alias, say); `model_version` is what it ran on.
+        "model": req.requested_model or req.model,
+        "model_version": c.model_ref(req.model, req.model_version),
         "seconds": req.seconds,
         "size": f"{req.width}x{req.height}",
         "seed": req.seed,

@@ -86,17 +86,41 @@ async def average_generation_seconds(client: Client, model: str) -> float:
 async def _pollers(client: Client, queue: str) -> int:
     """Idle GPU workers polling `queue` (at least 1: busy workers do not poll)."""
     try:
-        resp = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=client.namespace,
-                task_queue=TaskQueue(name=queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-            ),
-            timeout=API_RPC_TIMEOUT,
-        )
+        return await _fresh(client, queue) or 1
     except RPCError:
         return 1
-    return fresh_pollers(resp.pollers) or 1
+
+
+async def _fresh(client: Client, queue: str) -> int:
+    resp = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        ),
+        timeout=API_RPC_TIMEOUT,
+    )
+    return fresh_pollers(resp.pollers)
+
+
+# queue -> (monotonic time, whether any worker polled it lately): one look per queue and
+# period, not one per submission.
+_POLLED: dict[str, tuple[float, bool]] = {}
+POLLED_CACHE_S = 2.0
+
+
+async def recently_polled(client: Client, queue: str) -> bool:
+    """Whether a GPU worker polled `queue` within POLLER_FRESH_S (True if that cannot be told:
+    the job then waits the cold-start bound before it is offered elsewhere)."""
+    cached = _POLLED.get(queue)
+    if cached is not None and time.monotonic() - cached[0] < POLLED_CACHE_S:
+        return cached[1]
+    try:
+        polled = await _fresh(client, queue) > 0
+    except RPCError:
+        return True
+    _POLLED[queue] = (time.monotonic(), polled)
+    return polled
 
 
 # An idle worker long-polls for up to a minute, then polls again at once; Temporal keeps

@@ -72,7 +72,10 @@ class Video(BaseModel):
     created_at: int
     completed_at: int | None = None
     expires_at: int | None = None
-    model: str
+    model: str = Field(description="The model as the request named it (a model or an alias).")
+    model_version: str | None = Field(
+        None, description="'model@version': the model and weights version the job runs on."
+    )
     prompt: str
     seconds: str
     size: str
@@ -130,3 +133,34 @@ class WebhookSecret(BaseModel):
     secret: str = Field(
         description="whsec_…: verify `webhook-signature` with it (Standard Webhooks)."
     )
+
+
+class ModelInfo(BaseModel):
+    """One model or alias (the OpenAI model object, plus what a request to it may ask for)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time of the newest file of its weights.")
+    owned_by: str = "videogen"
+    version: str | None = Field(
+        None, description="Models: the weights version (a sha256 prefix); aliases: none."
+    )
+    model_version: str | None = Field(
+        None, description="Models: 'id@version', as a job run on it records it."
+    )
+    routes_to: dict[str, int] | None = Field(
+        None, description="Aliases: model -> weight; each user sticks to one of them."
+    )
+    default: bool = Field(False, description="Used when a request names no model.")
+    fps: int
+    sizes: list[str]
+    default_size: str
+    seconds: list[int]
+    default_seconds: int
+    default_steps: int
+    max_steps: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]

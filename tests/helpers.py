@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from videogen import catalog
 from videogen import contracts as c
 from videogen.devserver import free_port
 from videogen.settings import DEV_API_KEY, Settings
@@ -258,7 +261,7 @@ def direct_request(stack: Stack, **overrides: object) -> c.VideoRequest:
         prompt="direct start",
         seed=1,
         num_inference_steps=2,
-        gpu_task_queue=f"{prefix}-gpu-videogen-tiny",
+        gpu_task_queue=stack.gpu_task_queue(),
         cpu_task_queue=f"{prefix}-cpu",
         progress_interval_s=0.1,
     )
@@ -349,3 +352,14 @@ def gpu_metrics(stack: Stack) -> Samples:
             for k, v in samples.items():
                 out[k] = out.get(k, 0.0) + v
     return out
+
+
+def tiny_variant(dst: Path) -> Path:
+    """A copy of the built-in model with other weights (one byte of the transformer's last
+    tensor changed): another version of it, as a fine-tune would be, at the same limits."""
+    shutil.copytree(catalog.TINY_DIR, dst)
+    weights = dst / "transformer" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the tensor data ends the file: its header stays valid
+    weights.write_bytes(bytes(data))
+    return dst

@@ -222,7 +222,7 @@ async def test_admin_fleet_reports_the_backlog_of_a_queue_without_workers(
 ) -> None:
     client, settings = pool_app
     temporal: Client = await connect(wait_s=10)
-    queue = settings.gpu_task_queue(settings.model_spec.name, "vip")
+    queue = settings.warm_queue(settings.served_model, "vip")
     ids = []
     for _ in range(2):
         req = direct_request(stack, gpu_task_queue=queue, tier="vip", user="vipuser")

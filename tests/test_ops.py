@@ -324,7 +324,7 @@ def test_keda_scales_the_gpu_worker_on_its_task_queue(
         task_queue_prefix=env.get("VIDEOGEN_TASK_QUEUE_PREFIX", "videogen"),
         worker_pool=env.get("VIDEOGEN_WORKER_POOL", ""),
     )
-    queue = settings.gpu_task_queue(settings.model_spec.name, settings.worker_pool)
+    queue = settings.warm_queue(settings.served_model, settings.worker_pool)
 
     so = gpu_scaled_object()
     spec = so["spec"]

@@ -90,7 +90,7 @@ async def test_recorded_histories_replay(path: Path) -> None:
 
 
 def test_recorded_histories_exist() -> None:
-    assert {p.stem for p in HISTORIES.glob("*.json")} >= {"completed", "cancelled"}
+    assert {p.stem for p in HISTORIES.glob("*.json")} >= {"completed", "cancelled", "cold_start"}
 
 
 @pytest.mark.slow  # fresh processes of the CLI

@@ -3,7 +3,9 @@
 Process commands: `up`, `demo`, `temporal`, `api`, `worker gpu|cpu`.
 Client commands (over HTTP, `VIDEOGEN_API_URL` / `VIDEOGEN_API_KEY`): `submit`, `watch`,
 `status`, `cancel`, `download`, `list`. Operator command: `replay` (a history through the
-workflow code). Model command: `model fake-wan` (a Wan directory with random weights).
+workflow code). Model commands: `model list` (the catalog: versions and warm queues), `model
+lock FILE` (write each catalog model's version into it), `model fake-wan` (a Wan directory
+with random weights).
 """
 
 from __future__ import annotations
@@ -266,7 +268,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     static = {"service": f"worker-{args.kind}", "worker_id": logs.worker_id()}
     if args.kind == "gpu":
-        static["model"] = settings.model_spec.name
+        static["model"] = settings.served_model.ref
     logs.configure(**static)
     tracing.setup(f"videogen-worker-{args.kind}")
     try:
@@ -450,9 +452,47 @@ def cmd_fake_wan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from videogen import registry
+
+    settings = _settings()
+    try:
+        reg = registry.load(settings.models, settings.model, settings.model_name)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    for m in reg.models.values():
+        mark = " (default)" if m.name == reg.default else ""
+        print(f"{m.ref}{mark}  queue {settings.warm_queue(m)}  source {m.source}")
+    for alias in reg.aliases.values():
+        routes = ", ".join(f"{name} {weight}" for name, weight in alias.weights)
+        mark = " (default)" if alias.name == reg.default else ""
+        print(f"{alias.name}{mark}  alias: {routes}")
+    return 0
+
+
+def cmd_model_lock(args: argparse.Namespace) -> int:
+    from videogen import registry
+
+    try:
+        versions = registry.lock(args.catalog)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    for name, version in versions.items():
+        print(f"{name}@{version[:12]}  {version}")
+    print(f"wrote {args.catalog}")
+    return 0
+
+
 def _model_commands(sub: Any) -> None:
-    sp = sub.add_parser("model", help="make model directories")
+    sp = sub.add_parser("model", help="the model catalog; make model directories")
     models = sp.add_subparsers(dest="model_command", required=True)
+    ls = models.add_parser("list", help="the models served (VIDEOGEN_MODELS or VIDEOGEN_MODEL)")
+    ls.set_defaults(func=cmd_model_list)
+    lk = models.add_parser(
+        "lock", help="compute each catalog model's version and write it into the catalog file"
+    )
+    lk.add_argument("catalog", help="the JSON catalog file (VIDEOGEN_MODELS)")
+    lk.set_defaults(func=cmd_model_lock)
     fw = models.add_parser(
         "fake-wan",
         help="write a published Wan variant's diffusers layout and configs with random weights",

@@ -23,6 +23,8 @@ ACTIVITY_GENERATE = "generate_video"
 ACTIVITY_ENCODE = "encode_video"
 ACTIVITY_CLEANUP = "cleanup_job"
 ACTIVITY_WEBHOOK = "deliver_webhook"
+# On the cold queue: an idle GPU worker loads a job's model so that it polls its warm queue.
+ACTIVITY_WARM_UP = "warm_up_model"
 # Children a job starts as it ends, abandoned so they outlive it: a webhook delivery retried
 # until it lands, and the timer that deletes the assets when they expire.
 WEBHOOK_WORKFLOW = "WebhookDelivery"
@@ -63,6 +65,9 @@ GEN_SECONDS_KEY = SearchAttributeKey.for_float(SA_GEN_SECONDS)
 class ErrorCode(StrEnum):
     """`ApplicationError` types of our own; the API shows them as `error.code`."""
 
+    # Retried elsewhere: a worker offered a warm-up while busy, or without that model.
+    WORKER_BUSY = "WorkerBusy"
+    MODEL_NOT_HERE = "ModelNotHere"
     # Never retried: input that cannot be generated, a job on the wrong model's queue.
     INVALID_INPUT = "InvalidInput"
     MODEL_MISMATCH = "ModelMismatch"
@@ -223,6 +228,27 @@ class VideoRequest:
     webhook_events: list[str] = field(default_factory=list)
     # Seconds the outputs are kept after completion (0: until deleted).
     retention_s: float = 0.0
+    # `model` as the request named it (an alias, say; empty: as `model`), and the sha256 of
+    # the weights `model` resolved to (videogen.registry; empty: any, as before catalogs).
+    requested_model: str = ""
+    model_version: str = ""
+    # Cold-start routing (empty: off, the job waits for a warm worker): after this long
+    # unpicked on its warm queue, an idle worker polling `cold_queue` loads the model.
+    cold_queue: str = ""
+    cold_start_after_s: float = 0.0
+    # No worker has polled the warm queue lately (checked at submission): start cold at once.
+    cold_start_now: bool = False
+
+
+# Hex digits of a weights version shown in references ('model@version') and warm queue names:
+# enough that two versions in one fleet never collide by chance.
+SHORT_VERSION = 12
+
+
+def model_ref(model: str, version: str) -> str:
+    """'model@version' (its first SHORT_VERSION hex digits); the bare model for a job that
+    recorded no version."""
+    return f"{model}@{version[:SHORT_VERSION]}" if version else model
 
 
 @dataclass
@@ -231,6 +257,30 @@ class GenerateInput:
     # When the job was submitted (the workflow's start, Unix time): the GPU worker's
     # `videogen_queue_wait_seconds` runs from here to its first attempt's start.
     submitted_at: float = 0.0
+    # Attempts of earlier generate activities of this job (a cold start offers it again as a
+    # new activity): this one's attempts count on from there, and, without heartbeat details
+    # of its own, it takes what the job had reached (`step`, `wasted_steps`) from the workflow.
+    attempt_base: int = 0
+    prior_reached_step: int = 0
+    prior_wasted_steps: int = 0
+
+
+@dataclass
+class WarmUpInput:
+    """Load `model` at `model_version` (if not held already) and poll `warm_queue`."""
+
+    job_id: str
+    model: str
+    model_version: str
+    warm_queue: str
+
+
+@dataclass
+class WarmUpOutput:
+    worker: str
+    # Whether the worker had to load (or bring back from host memory) the model.
+    swapped: bool
+    load_seconds: float
 
 
 @dataclass

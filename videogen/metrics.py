@@ -67,8 +67,8 @@ GPU_UTILIZATION = Gauge(
 )
 GENERATION_SECONDS = Histogram(
     "videogen_generation_seconds",
-    "GPU time of a finished generation attempt (model, resolution).",
-    ["model", "resolution"],
+    "GPU time of a finished generation attempt (model, model@version, resolution).",
+    ["model", "model_version", "resolution"],
     buckets=JOB_BUCKETS,
 )
 QUEUE_WAIT_SECONDS = Histogram(
@@ -86,6 +86,12 @@ JOBS_STARTED = Counter(
     "GPU attempts started, by whether the worker was warm (model loaded before the job was "
     "scheduled) or the job waited for a cold start.",
     ["warm"],
+)
+COLD_STARTS = Counter(
+    "videogen_cold_starts_total",
+    "Model switches of a GPU worker for a job no warm worker took in time, by the model "
+    "switched to (model@version).",
+    ["model_version"],
 )
 MODEL_LOAD_SECONDS = Histogram(
     "videogen_model_load_seconds",

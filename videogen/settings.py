@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from videogen import catalog
+from videogen import registry as model_registry
+from videogen.registry import Registry, ServedModel, UnknownModel
 
 DEV_API_KEY = "vg-dev-key"
 
@@ -73,6 +75,31 @@ class Settings(BaseSettings):
     )
     model: str = Field("", description="Empty for the built-in tiny model, else a local dir.")
     model_name: str = Field("", description="Name of a local model (default: the dir's name).")
+    models: str = Field(
+        "",
+        description="The model catalog: a JSON or TOML file, or inline JSON (videogen.registry); "
+        "empty: the one model of VIDEOGEN_MODEL.",
+    )
+    worker_model: str = Field(
+        "", description="GPU worker: the catalog model it loads (default: the catalog's default)."
+    )
+    cold_start_after_s: float = Field(
+        30.0,
+        ge=0,
+        description="With several models: a job no warm worker picked up in this long is "
+        "offered to idle workers that may load its model (0: it waits for a warm one).",
+    )
+    worker_swaps: bool = Field(
+        True,
+        description="GPU worker, with several models: take cold starts (switch models when "
+        "idle); false: serve VIDEOGEN_WORKER_MODEL only.",
+    )
+    worker_models_kept: int = Field(
+        1,
+        ge=0,
+        description="GPU worker: models kept in host memory after a switch, for a fast switch "
+        "back (least recently used dropped first).",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -232,8 +259,26 @@ class Settings(BaseSettings):
         return f"file://{(self.data_dir / 'objects').resolve()}"
 
     @cached_property
+    def registry(self) -> Registry:
+        """The model catalog as it stands at start (the API follows changes: registry.Live)."""
+        return model_registry.load(self.models, self.model, self.model_name)
+
+    @cached_property
+    def served_model(self) -> ServedModel:
+        """The model a GPU worker loads: VIDEOGEN_WORKER_MODEL, else the catalog's default (an
+        alias's first model if the default is an alias)."""
+        reg = self.registry
+        name = self.worker_model or reg.default
+        if name in reg.aliases and not self.worker_model:
+            name = reg.aliases[name].weights[0][0]
+        try:
+            return reg.get(name)
+        except UnknownModel as err:
+            raise ValueError(f"VIDEOGEN_WORKER_MODEL: {err}") from None
+
+    @property
     def model_spec(self) -> catalog.ModelSpec:
-        return catalog.resolve(self.model, self.model_name or None)
+        return self.served_model.spec
 
     @cached_property
     def keys(self) -> dict[str, ApiKey]:
@@ -273,6 +318,15 @@ class Settings(BaseSettings):
         dedicated pool: `<prefix>-gpu-<model>` or `<prefix>-gpu-<model>-pool-<tier>`."""
         base = f"{self.task_queue_prefix}-gpu-{model}"
         return f"{base}-pool-{pool}" if pool else base
+
+    def cold_queue(self, pool: str = "") -> str:
+        """Where jobs that no warm worker took in time ask idle workers of the pool to load
+        their model: `<prefix>-gpu-cold` or `<prefix>-gpu-cold-pool-<tier>`."""
+        return self.gpu_task_queue("cold", pool)
+
+    def warm_queue(self, model: ServedModel, pool: str = "") -> str:
+        """The GPU queue of one model version: only workers holding those weights poll it."""
+        return self.gpu_task_queue(model.queue_key, pool)
 
     @property
     def webhook_hosts(self) -> frozenset[str]:

@@ -166,7 +166,14 @@ class Stack:
     def gpu_task_queue(self) -> str:
         """The queue the stack's GPU workers poll, from the settings their environment gives."""
         env = self.child_env()
-        fields = ("task_queue_prefix", "model", "model_name", "worker_pool")
+        fields = (
+            "task_queue_prefix",
+            "model",
+            "model_name",
+            "models",
+            "worker_model",
+            "worker_pool",
+        )
         settings = Settings(
             **{
                 f: env[f"VIDEOGEN_{f.upper()}"]
@@ -174,7 +181,7 @@ class Stack:
                 if f"VIDEOGEN_{f.upper()}" in env
             }
         )
-        return settings.gpu_task_queue(settings.model_spec.name, settings.worker_pool)
+        return settings.warm_queue(settings.served_model, settings.worker_pool)
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)

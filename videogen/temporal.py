@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -165,16 +166,23 @@ class _DefaultRpcTimeoutOutbound(OutboundInterceptor):
 async def run_until_stopped(worker: Worker, stop: asyncio.Event | None = None) -> None:
     """Run `worker` until `stop` is set or the process gets SIGTERM/SIGINT, then drain it."""
     stop = stop or asyncio.Event()
+    with stop_on_signals(stop):
+        async with worker:
+            await stop.wait()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Within the block, SIGTERM and SIGINT set `stop` (in the main thread; elsewhere, as in
+    tests, the caller owns `stop`)."""
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        # Outside the main thread (tests) there are no signal handlers: the caller owns `stop`.
         with contextlib.suppress(RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     try:
-        async with worker:
-            await stop.wait()
+        yield
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -19,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 import torch
-from temporalio.worker import Worker
+from temporalio.client import Client
+from temporalio.worker import FixedSizeSlotSupplier, Worker, WorkerTuner
 
 from activities import pipeline
 from activities.checkpoint import CheckpointPolicy
@@ -28,8 +29,9 @@ from activities.placement import Placement
 from videogen import logs, metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
-from videogen.temporal import connect, run_until_stopped
+from videogen.temporal import connect, stop_on_signals
 from worker_gpu import spot
+from worker_gpu.models import Held, IdleOnly, ModelHost
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +70,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     model = await asyncio.to_thread(pipeline.load_pipeline, spec, device, placement)
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
-    queue = settings.gpu_task_queue(spec.name, settings.worker_pool)
+    served = settings.served_model
+    model.version = served.version
+    queue = settings.warm_queue(served, settings.worker_pool)
     exit_code = 0
 
     def on_poisoned() -> None:
@@ -86,20 +90,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         on_poisoned=on_poisoned,
         region=settings.region,
     )
-    worker = Worker(
-        client,
-        task_queue=queue,
-        activities=[acts.generate_video],
-        # One job per GPU: a second job would only slow both down and risk running out of memory.
-        max_concurrent_activities=1,
-        # Heartbeats carry checkpoints and must reach the server promptly: the SDK's default
-        # throttle (up to 30 s) loses checkpoints on a crash and delays cancellation (measured:
-        # docs/architecture.md, "Temporal facts measured here").
-        max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
-        default_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
-        # Covers the running step plus one checkpoint write; the activity hands over at once.
-        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
+    host = ModelHost(
+        acts,
+        Held(served, model),
+        catalog=settings.registry,
+        queue_of=lambda m: settings.warm_queue(m, settings.worker_pool),
+        device=device,
+        placement=placement,
+        keep=settings.worker_models_kept,
     )
+    swaps = settings.worker_swaps and len(settings.registry.models) > 1
     metrics.configure_gpu(
         worker=logs.worker_id(),
         gpu_id=_gpu_id(device),
@@ -117,8 +117,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     log.info(
         "gpu worker ready",
         task_queue=queue,
+        cold_queue=settings.cold_queue(settings.worker_pool) if swaps else None,
         pool=settings.worker_pool or "shared",
         model=spec.name,
+        version=served.short_version,
         device=device,
         placement=placement.describe(),
         torch_threads=torch.get_num_threads(),
@@ -128,7 +130,11 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         spot_notice_url=settings.spot_notice_url or None,
     )
     try:
-        await run_until_stopped(worker, stop)
+        with stop_on_signals(stop):
+            async with contextlib.AsyncExitStack() as running:
+                if swaps:
+                    await running.enter_async_context(_cold_worker(client, settings, host))
+                await host.serve(lambda q: _warm_worker(client, settings, acts, q), stop)
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -136,6 +142,43 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 await watcher
     log.info("gpu worker stopped", exit_code=exit_code)
     return exit_code
+
+
+def _warm_worker(
+    client: Client, settings: Settings, acts: DiffusionActivities, queue: str
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=queue,
+        activities=[acts.generate_video],
+        # One job per GPU: a second job would only slow both down and risk running out of memory.
+        max_concurrent_activities=1,
+        # Heartbeats carry checkpoints and must reach the server promptly: the SDK's default
+        # throttle (up to 30 s) loses checkpoints on a crash and delays cancellation (measured:
+        # docs/architecture.md, "Temporal facts measured here").
+        max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
+        default_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
+        # Covers the running step plus one checkpoint write; the activity hands over at once.
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
+    )
+
+
+def _cold_worker(client: Client, settings: Settings, host: ModelHost) -> Worker:
+    """The cold queue's poller: warm-ups only, one at a time, only while the worker is idle."""
+    one = FixedSizeSlotSupplier(1)
+    return Worker(
+        client,
+        task_queue=settings.cold_queue(settings.worker_pool),
+        activities=[host.warm_up],
+        tuner=WorkerTuner.create_composite(
+            workflow_supplier=one,
+            activity_supplier=IdleOnly(host.idle),
+            local_activity_supplier=one,
+            nexus_supplier=one,
+        ),
+        max_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
+        default_heartbeat_throttle_interval=timedelta(seconds=settings.heartbeat_throttle_s),
+    )
 
 
 def _nvml_utilization(device: str) -> Callable[[], float] | None:

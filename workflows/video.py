@@ -43,6 +43,18 @@ CPU_RETRY = RetryPolicy(
     non_retryable_error_types=c.NON_RETRYABLE_ERRORS,
 )
 
+# A worker offered a warm-up while busy (or without the model) says so at once: another idle
+# one, or the same one once free, takes it soon after. Bounded by the job's GPU start timeout.
+WARM_UP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=0,
+)
+# Cold starts per job, then it waits on its warm queue for good: bounds the job's history
+# should swaps keep losing it to other jobs.
+MAX_COLD_STARTS = 20
+
 # CPU activities heartbeat (activities/heartbeating.py): a completion lost while Temporal was
 # unreachable, or a dead CPU worker, is retried this long after, not after the start-to-close
 # timeout (10 min for an encode), which stays as the bound of a hung but heartbeating run.
@@ -128,7 +140,7 @@ class VideoGeneration:
                 progress=PROGRESS_ENCODING,
                 attempt=gen.attempt,
                 resumed_from_step=gen.resumed_from_step,
-                wasted_steps=gen.wasted_steps,
+                wasted_steps=max(self._state.wasted_steps, gen.wasted_steps),
             )
             encoded = await workflow.execute_activity(
                 c.ACTIVITY_ENCODE,
@@ -175,7 +187,7 @@ class VideoGeneration:
             device=gen.device,
             generation_seconds=gen.generation_seconds,
             resumed_from_step=gen.resumed_from_step,
-            wasted_steps=gen.wasted_steps,
+            wasted_steps=self._state.wasted_steps,
             warm=gen.warm,
             model_load_seconds=gen.model_load_seconds,
         )
@@ -206,13 +218,59 @@ class VideoGeneration:
         return result
 
     async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:
+        """The GPU phase. With cold-start routing, a job (or a retry of it) that no warm worker
+        picks up within `cold_start_after_s` (a job whose warm queue no worker polled lately:
+        at once, `cold_start_now`) has an idle worker load its model (the warm-up activity on
+        the cold queue, which that worker answers once it polls the job's warm queue), and is
+        offered to its warm queue again, attempts counting on."""
         start_timeout = (
             timedelta(seconds=req.gpu_start_timeout_s) if req.gpu_start_timeout_s else None
         )
+        base = 0
+        if req.cold_queue:
+            if req.cold_start_now:
+                await self._warm_up(req, start_timeout)
+            for _ in range(MAX_COLD_STARTS):
+                try:
+                    return await self._offer(req, base, timedelta(seconds=req.cold_start_after_s))
+                except ActivityError as err:
+                    if not _not_picked_up(err):
+                        raise
+                # The timed-out activity's attempts report no more: the next ones count on.
+                base = self._state.attempt
+                await self._warm_up(req, start_timeout)
+        return await self._offer(req, base, start_timeout)
+
+    async def _warm_up(self, req: c.VideoRequest, start_timeout: timedelta | None) -> None:
+        await workflow.execute_activity(
+            c.ACTIVITY_WARM_UP,
+            c.WarmUpInput(
+                job_id=req.job_id,
+                model=req.model,
+                model_version=req.model_version,
+                warm_queue=req.gpu_task_queue,
+            ),
+            result_type=c.WarmUpOutput,
+            task_queue=req.cold_queue,
+            # A model load from disk: minutes for a large one; it heartbeats while it loads.
+            start_to_close_timeout=timedelta(minutes=30),
+            schedule_to_start_timeout=start_timeout,
+            heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout_s),
+            retry_policy=WARM_UP_RETRY,
+        )
+
+    async def _offer(
+        self, req: c.VideoRequest, base: int, start_timeout: timedelta | None
+    ) -> c.GenerateOutput:
+        s = self._state
         return await workflow.execute_activity(
             c.ACTIVITY_GENERATE,
             c.GenerateInput(
-                request=req, submitted_at=workflow.info().workflow_start_time.timestamp()
+                request=req,
+                submitted_at=workflow.info().workflow_start_time.timestamp(),
+                attempt_base=base,
+                prior_reached_step=s.step if base else 0,
+                prior_wasted_steps=s.wasted_steps if base else 0,
             ),
             result_type=c.GenerateOutput,
             task_queue=req.gpu_task_queue,
@@ -308,10 +366,24 @@ def _ended(req: c.VideoRequest, outcome: c.Status, **fields: object) -> None:
     workflow.metric_meter().create_counter(
         "videogen_jobs_total",
         "Jobs ended, by outcome (completed, failed, cancelled).",
-    ).add(1, {"outcome": outcome, "model": req.model, "tier": req.tier})
+    ).add(
+        1,
+        {
+            "outcome": outcome,
+            "model": req.model,
+            # An A/B ramp is read off the outcomes (and GPU time) per version.
+            "model_version": c.model_ref(req.model, req.model_version),
+            "tier": req.tier,
+        },
+    )
     workflow.logger.info(
         "job %s", outcome, extra={"outcome": outcome, "model": req.model, **fields}
     )
+
+
+def _not_picked_up(err: ActivityError) -> bool:
+    cause = err.cause
+    return isinstance(cause, TimeoutError) and cause.type == TimeoutType.SCHEDULE_TO_START
 
 
 def _describe_failure(err: ActivityError) -> tuple[str, str]:

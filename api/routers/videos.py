@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from api import admission, jobs, presenter
-from api.deps import ClientDep, KeyDep, SettingsDep, StoreDep
+from api import admission, jobs, presenter, queue
+from api.deps import ClientDep, KeyDep, RegistryDep, SettingsDep, StoreDep
 from api.errors import (
     TRANSIENT_RPC,
     ApiError,
@@ -35,12 +35,15 @@ from api.schemas import ContentURL, CreateVideoBody, Video, VideoDeleted, VideoL
 from videogen import contracts as c
 from videogen import webhooks
 from videogen.catalog import ModelSpec
+from videogen.registry import Registry, UnknownModel
 from videogen.settings import ApiKey, Settings
 from videogen.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
-JOBS_SUBMITTED = Counter("videogen_jobs_submitted_total", "Jobs accepted", ["tier", "model"])
+JOBS_SUBMITTED = Counter(
+    "videogen_jobs_submitted_total", "Jobs accepted", ["tier", "model", "model_version"]
+)
 
 
 async def _read_body(request: Request) -> dict[str, Any]:
@@ -84,17 +87,17 @@ async def _read_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.VideoRequest:
-    """Check the body against the model's limits and fill in the model's defaults."""
-    spec: ModelSpec = settings.model_spec
-    model = body.model or spec.name
-    if model != spec.name:
-        raise ApiError(
-            400,
-            f"model: {model!r} is not served here; allowed: {spec.name}",
-            param="model",
-            code="unsupported_model",
-        )
+def _build_request(
+    body: CreateVideoBody, key: ApiKey, settings: Settings, reg: Registry
+) -> c.VideoRequest:
+    """Resolve the model (an alias per user), check the body against its limits and fill in
+    its defaults."""
+    try:
+        resolved = reg.resolve(body.model, key.user)
+    except UnknownModel as err:
+        raise ApiError(400, str(err), param="model", code="unsupported_model") from None
+    served = resolved.model
+    spec: ModelSpec = served.spec
     size = (body.size or spec.default_size).lower()
     try:
         spec.check_size(size)
@@ -134,7 +137,7 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
         num_frames=spec.num_frames(seconds),
         num_inference_steps=steps,
         guidance_scale=spec.guidance_scale,
-        gpu_task_queue=settings.gpu_task_queue(spec.name, settings.pool_for(key.tier)),
+        gpu_task_queue=settings.warm_queue(served, settings.pool_for(key.tier)),
         cpu_task_queue=settings.cpu_task_queue,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         progress_interval_s=settings.progress_interval_s,
@@ -143,7 +146,20 @@ def _build_request(body: CreateVideoBody, key: ApiKey, settings: Settings) -> c.
         webhook_url=body.webhook_url or "",
         webhook_events=body.webhook_events or [],
         retention_s=settings.retention_s,
+        requested_model=resolved.asked,
+        model_version=served.version,
+        **_cold_route(settings, reg, key.tier),
     )
+
+
+def _cold_route(settings: Settings, reg: Registry, tier: str) -> dict[str, Any]:
+    """Cold-start routing, for a catalog of several models (with one, every worker holds it)."""
+    if len(reg.models) < 2 or not settings.cold_start_after_s:
+        return {}
+    return {
+        "cold_queue": settings.cold_queue(settings.pool_for(tier)),
+        "cold_start_after_s": settings.cold_start_after_s,
+    }
 
 
 @router.post("", response_model=Video)
@@ -152,6 +168,7 @@ async def create_video(
     response: Response,
     key: KeyDep,
     settings: SettingsDep,
+    reg: RegistryDep,
     client: ClientDep,
     store: StoreDep,
 ) -> Video:
@@ -161,7 +178,9 @@ async def create_video(
         body = CreateVideoBody.model_validate(raw)
     except ValidationError as err:
         raise validation_error(err) from None
-    req = _build_request(body, key, settings)
+    req = _build_request(body, key, settings, reg)
+    if req.cold_queue:
+        req.cold_start_now = not await queue.recently_polled(client, req.gpu_task_queue)
     if req.webhook_events and not req.webhook_url:
         raise ApiError(
             400,
@@ -209,7 +228,9 @@ async def create_video(
         if err.status not in TRANSIENT_RPC:
             await admission.give_back(store, key, policy, req.job_id)
         raise
-    JOBS_SUBMITTED.labels(tier=key.tier, model=req.model).inc()
+    JOBS_SUBMITTED.labels(
+        tier=key.tier, model=req.model, model_version=c.model_ref(req.model, req.model_version)
+    ).inc()
     if idem is not None:
         # A concurrent request with this key may have won the start: same checks as a replay.
         found = await admission.existing(client, store, req.job_id, key, fingerprint)
