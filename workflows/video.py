@@ -317,7 +317,9 @@ class VideoGeneration:
                 "object": "video",
                 "status": s.status,
                 "phase": s.phase,
-                "model": req.model,
+                # As the Video object shows them: the model asked for, the version it ran on.
+                "model": req.requested_model or req.model,
+                "model_version": c.model_ref(req.model, req.model_version),
                 "progress": s.progress,
                 "step": s.step,
                 "total_steps": s.total_steps,
