@@ -8,6 +8,7 @@ streams at once on SIGTERM, so a rollout does not wait out the grace period.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -65,8 +66,73 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     tracing.instrument_app(app)
 
+    app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetrics)
     return app
+
+
+# Request bodies: the largest valid create (two 4,000-character prompts of 4-byte characters,
+# 16 metadata pairs, a webhook URL) is well under this.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a request body over MAX_BODY_BYTES, read no further than the limit: refused on its
+    Content-Length before any of it is read, or once the bytes streamed in pass the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, watched)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            errors.error_body(
+                413,
+                f"request body too large: at most {self.max_bytes} bytes",
+                code="request_too_large",
+            )
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class RequestMetrics:

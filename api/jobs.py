@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import uuid
 from typing import Any
 
@@ -147,36 +149,57 @@ async def is_deleted(store: ObjectStore, job_id: str) -> bool:
     return await asyncio.to_thread(store.exists, c.tombstone_key(job_id))
 
 
-CURSOR_PREFIX = "c1."
+CURSOR_PREFIX = "c2."
 
 
-def encode_cursor(token: bytes | None) -> str | None:
-    return CURSOR_PREFIX + base64.urlsafe_b64encode(token).decode() if token else None
+def _cursor_mac(secret: str, user: str, token: bytes) -> str:
+    # Keyed and bound to the user: a forged or borrowed cursor is refused here, at once, before
+    # Temporal's visibility store spends seconds on it.
+    key = hmac.new(secret.encode(), b"videogen list cursor", hashlib.sha256).digest()
+    mac = hmac.new(key, user.encode() + b"\0" + token, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> bytes | None:
+def encode_cursor(token: bytes | None, secret: str, user: str) -> str | None:
+    if not token:
+        return None
+    body = base64.urlsafe_b64encode(token).decode()
+    return f"{CURSOR_PREFIX}{body}.{_cursor_mac(secret, user, token)}"
+
+
+def decode_cursor(cursor: str | None, secret: str, user: str) -> bytes | None:
     if not cursor:
         return None
     bad = InvalidRequestError(
-        "after: not a cursor returned by this API; pass the previous page's next_cursor",
+        "after: not a cursor returned by this API to you; pass the previous page's next_cursor",
         param="after",
         code="invalid_cursor",
     )
-    if not cursor.startswith(CURSOR_PREFIX):
+    body, _, mac = cursor.removeprefix(CURSOR_PREFIX).partition(".")
+    if not cursor.startswith(CURSOR_PREFIX) or not mac:
         raise bad
     try:
-        return base64.b64decode(cursor[len(CURSOR_PREFIX) :], altchars=b"-_", validate=True)
+        token = base64.b64decode(body, altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise bad from None
+    if not hmac.compare_digest(mac.encode(), _cursor_mac(secret, user, token).encode()):
+        raise bad
+    return token
 
 
 async def list_page(
-    client: Client, store: ObjectStore, key: ApiKey, limit: int, after: str | None
+    client: Client,
+    store: ObjectStore,
+    key: ApiKey,
+    limit: int,
+    after: str | None,
+    *,
+    cursor_secret: str,
 ) -> tuple[list[Video], str | None]:
     it = client.list_workflows(
         vis.jobs(vis.eq(c.SA_USER, key.user)),
         page_size=limit,
-        next_page_token=decode_cursor(after),
+        next_page_token=decode_cursor(after, cursor_secret, key.user),
     )
     try:
         await it.fetch_next_page(page_size=limit)
@@ -195,7 +218,7 @@ async def list_page(
         handle = client.get_workflow_handle(ex.id, run_id=ex.run_id, result_type=c.JobResult)
         # A listing must not fan out one query per running job: visibility has the status.
         videos.append(await to_video(handle, ex, live=False))
-    return videos, encode_cursor(it.next_page_token)
+    return videos, encode_cursor(it.next_page_token, cursor_secret, key.user)
 
 
 async def cancel(handle: WorkflowHandle, ex: Execution) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 
@@ -161,7 +162,7 @@ def test_user_isolation(api: httpx.Client, other_api: httpx.Client) -> None:
     assert api.get(f"/v1/videos/{vid}").status_code == 200
 
 
-def test_list_is_paginated_with_a_cursor(api: httpx.Client) -> None:
+def test_list_is_paginated_with_a_cursor(api: httpx.Client, other_api: httpx.Client) -> None:
     ids = {submit(api)["id"] for _ in range(3)}
     for vid in ids:
         wait_for(api, vid)
@@ -181,6 +182,14 @@ def test_list_is_paginated_with_a_cursor(api: httpx.Client) -> None:
         bad = api.get("/v1/videos", params={"after": bad_cursor[:-2] + "QQ"})
         assert bad.status_code == 400, bad.text
         assert bad.json()["error"]["param"] == "after"
+    # A well-formed token without this API's signature, or a real cursor of another user, is
+    # refused by the API itself (its message, not the visibility store's, which takes seconds).
+    assert cursor is not None
+    token = base64.urlsafe_b64encode(b"\x0a" * 48).decode()
+    for bad_cursor, client in ((f"c2.{token}.AAAAAAAAAAAAAAAAAAAAAA", api), (cursor, other_api)):
+        bad = client.get("/v1/videos", params={"after": bad_cursor})
+        assert bad.status_code == 400, bad.text
+        assert "not a cursor returned by this API to you" in bad.json()["error"]["message"]
 
 
 def test_delete_removes_job_and_assets(api: httpx.Client, stack: Stack) -> None:

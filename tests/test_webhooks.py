@@ -49,6 +49,15 @@ def test_user_secrets_are_stable_and_distinct() -> None:
         ("gopher://example/h", "http"),
         ("http://user:pw@1.1.1.1/h", "credentials"),
         ("http://[::1", "not a valid URL"),
+        # IPv6 forms that embed an IPv4 address (here loopback, or a public one: refused alike).
+        ("http://[2002:7f00:1::1]/h", "IPv4-embedding"),  # 6to4 of 127.0.0.1
+        ("http://[2002:0101:0101::1]/h", "IPv4-embedding"),  # 6to4 of 1.1.1.1
+        ("http://[64:ff9b::7f00:1]/h", "IPv4-embedding"),  # NAT64 of 127.0.0.1
+        ("http://[64:ff9b::a9fe:a9fe]/h", "IPv4-embedding"),  # NAT64 of the metadata address
+        ("http://[64:ff9b:1::a00:1]/h", "IPv4-embedding"),  # local-use NAT64 of 10.0.0.1
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/h", "IPv4-embedding"),  # Teredo
+        ("http://[::7f00:1]/h", "loopback|IPv4-embedding"),  # IPv4-compatible ::127.0.0.1
+        ("http://[::a9fe:a9fe]/h", "IPv4-embedding"),  # IPv4-compatible ::169.254.169.254
     ],
 )
 def test_unsafe_urls_are_refused(url: str, fragment: str) -> None:

@@ -98,7 +98,13 @@ def configure(level: str | None = None, **static: Any) -> None:
                 structlog.stdlib.ExtraAdder(),
                 *shared,
             ],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # JSON lines carry the exception's type and traceback as text (`exception`);
+                # the console renderer draws them itself.
+                *([] if console else [structlog.processors.format_exc_info]),
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()

@@ -14,6 +14,7 @@ through `prometheus_client`, next to videogen's own metrics on `/metrics`:
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -26,10 +27,13 @@ from prometheus_client.registry import Collector
 from temporalio.runtime import (
     BUFFERED_METRIC_KIND_COUNTER,
     BUFFERED_METRIC_KIND_GAUGE,
+    LogForwardingConfig,
+    LoggingConfig,
     MetricBuffer,
     MetricBufferDurationFormat,
     Runtime,
     TelemetryConfig,
+    TelemetryFilter,
 )
 
 PREFIX = "temporal_"
@@ -86,7 +90,17 @@ class TemporalMetrics(Collector):
     def runtime(self) -> Runtime:
         """The process's Temporal runtime, recording into this collector's buffer."""
         if self._runtime is None:
-            self._runtime = Runtime(telemetry=TelemetryConfig(metrics=self.buffer))
+            self._runtime = Runtime(
+                telemetry=TelemetryConfig(
+                    metrics=self.buffer,
+                    # The SDK core's own warnings go through `logging` (so into the JSON log
+                    # lines, videogen.logs) rather than to stderr as coloured text.
+                    logging=LoggingConfig(
+                        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+                    ),
+                )
+            )
             threading.Thread(
                 target=self._drain_forever, name="temporal-metrics", daemon=True
             ).start()

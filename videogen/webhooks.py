@@ -44,9 +44,25 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+# IPv6 forms that carry an IPv4 address a gateway may route to (6to4 2002::/16 and Teredo
+# 2001::/32 are told by `ipaddress` itself): refused whatever the IPv4 address, since which one
+# is reached depends on relays outside our sight.
+_EMBEDDING = (
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64, well-known prefix
+    ipaddress.ip_network("64:ff9b:1::/48"),  # NAT64, local use
+    ipaddress.ip_network("::/96"),  # IPv4-compatible ::a.b.c.d (deprecated)
+)
+
+
 def _blocked(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return _blocked(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _blocked(ip.ipv4_mapped)
+        embeds = ip.sixtofour is not None or ip.teredo is not None
+        if embeds or (
+            any(ip in n for n in _EMBEDDING) and not (ip.is_loopback or ip.is_unspecified)
+        ):
+            return "IPv4-embedding IPv6 (6to4, Teredo, NAT64 or IPv4-compatible)"
     for what, flag in (
         ("loopback", ip.is_loopback),
         ("link-local or metadata", ip.is_link_local),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
@@ -28,6 +29,8 @@ from videogen import contracts as c
 from videogen.storage import NotFound, ObjectStore
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+# Job ids as the API makes them (`video_` and hex digits; see api.jobs, api.admission).
+JOB_ID = re.compile(r"video_[0-9a-f]{1,64}")
 
 
 def _sig(secret: str, video_id: str, variant: str, expires: int) -> str:
@@ -80,6 +83,10 @@ async def signed_file(
     expires: Annotated[int, Query()],
     sig: Annotated[str, Query()],
 ) -> StreamingResponse:
+    if not JOB_ID.fullmatch(video_id):
+        # Before the id reaches a store key: '..', backslashes or a 5,000-character id are no
+        # video, however well signed.
+        raise NotFoundError("no video with this id", param="video_id", code="video_not_found")
     expected = _sig(settings.url_signing_key, video_id, variant, expires)
     if variant not in c.VARIANTS or not hmac.compare_digest(
         expected.encode(), sig.encode("utf-8", "replace")

@@ -64,12 +64,13 @@ async def _read_body(request: Request) -> dict[str, Any]:
         if "metadata" in out:
             try:
                 out["metadata"] = json.loads(out["metadata"])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise ApiError(
                     400,
                     "metadata: must be a JSON object of strings in a form field",
                     param="metadata",
                 ) from None
+        _check_text(out)
         return out
     if ctype not in ("application/json", ""):
         raise ApiError(
@@ -82,9 +83,47 @@ async def _read_body(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(
+            400, "request body nests too deeply; send a flat JSON object", code="invalid_json"
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    _check_text(body)
     return body
+
+
+def _check_text(body: dict[str, Any]) -> None:
+    """400, naming the field, for a string that is not text: JSON's `\\udfff` escapes decode to
+    lone surrogates, which no UTF-8 payload (Temporal's, the logs') can carry. A loop, not
+    recursion: the body may nest as deep as the JSON parser allowed."""
+    todo: list[tuple[str, Any]] = [("", body)]
+    while todo:
+        field, value = todo.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                # The message names the field, never with the bad key itself in it.
+                name = str(key) if _is_text(str(key)) else "(a key that is not text)"
+                name = f"{field}.{name}" if field else name
+                todo += [(name, key), (name, item)]
+        elif isinstance(value, list):
+            todo += [(f"{field}[{i}]", item) for i, item in enumerate(value)]
+        elif isinstance(value, str) and not _is_text(value):
+            raise ApiError(
+                400,
+                f"{field}: holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), "
+                "which is not text; send valid Unicode",
+                param=field,
+                code="invalid_value",
+            )
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _build_request(
@@ -242,12 +281,15 @@ async def create_video(
 @router.get("", response_model=VideoList)
 async def list_videos(
     key: KeyDep,
+    settings: SettingsDep,
     client: ClientDep,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> VideoList:
-    videos, cursor = await jobs.list_page(client, store, key, limit, after)
+    videos, cursor = await jobs.list_page(
+        client, store, key, limit, after, cursor_secret=settings.url_signing_key
+    )
     return VideoList(
         data=videos,
         first_id=videos[0].id if videos else None,
