@@ -26,7 +26,7 @@ from api.routers import admin, events, files, health, models, videos, webhooks
 from videogen import registry, tracing
 from videogen.settings import Settings
 from videogen.storage import open_store
-from videogen.temporal import connect_api
+from videogen.temporal import connect_api, refuse_development_secrets
 
 REQUESTS = Counter("videogen_api_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("videogen_api_request_seconds", "HTTP request latency", ["method", "route"])
@@ -34,7 +34,11 @@ LATENCY = Histogram("videogen_api_request_seconds", "HTTP request latency", ["me
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    settings.keys  # noqa: B018 - a malformed VIDEOGEN_API_KEYS fails at start, not per request
+    # Malformed keys fail at start, not per request; public development secrets fail at start
+    # outside the embedded stack.
+    settings.keys  # noqa: B018
+    settings.hashed_keys  # noqa: B018
+    refuse_development_secrets(settings.development_secrets())
     # A bad catalog fails at start too; a catalog file is followed for changes from here on.
     live_models = registry.Live(settings.models, settings.model, settings.model_name)
 

@@ -55,7 +55,7 @@ async def current_key(
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    key = settings.keys.get(token.strip())
+    key = settings.lookup_key(token.strip())
     if key is None:
         raise ApiError(
             401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}

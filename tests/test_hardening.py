@@ -1,9 +1,12 @@
-"""Faults an adversarial run found at the API's edge, each refused there with a 4xx before
-anything starts. The app runs without Temporal (its client connects lazily): a request that got
-as far as starting a job would answer 503, not the 4xx asserted."""
+"""Hardening: faults an adversarial run found at the API's edge, each refused there with a 4xx
+before anything starts (the app runs without Temporal, its client connecting lazily: a request
+that got as far as starting a job would answer 503, not the 4xx asserted); hashed API keys; the
+public development secrets refused outside the embedded stack; secrets kept out of the logs."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -103,3 +106,88 @@ def test_an_unhandled_error_is_logged_with_its_type_and_traceback(tmp_path: Path
     line = json.loads(out.stderr.strip().splitlines()[-1])
     assert line["event"] == "unhandled error"
     assert "Traceback" in line["exception"] and "ValueError: boom" in line["exception"]
+
+
+def test_hashed_keys_from_a_file_authenticate_and_a_plain_key_there_is_refused(
+    tmp_path: Path,
+) -> None:
+    key = "vg-" + "s3cret" * 6
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    keys = tmp_path / "keys"
+    keys.write_text(f"# ops-managed\n\n{digest}:carol:free\n")
+    settings = Settings(api_keys="", api_keys_file=keys, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        assert (
+            client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        )
+        wrong = client.get("/v1/models", headers={"Authorization": f"Bearer {digest}"})
+        assert wrong.status_code == 401  # the hash itself is no key
+    keys.write_text(f"{digest}:carol:free\n{key}:dave:paid\n")
+    with pytest.raises(ValueError, match="line 2: the first field must be the sha256") as err:
+        Settings(api_keys_file=keys).hashed_keys  # noqa: B018
+    assert key not in str(err.value)
+    with pytest.raises(ValueError, match="entry 2 is not of the form") as env_err:
+        Settings(api_keys=f"k1:u:paid,{key}:nobody").keys  # noqa: B018
+    assert key not in str(env_err.value)  # start-up errors are logged: no key in them
+
+
+def test_the_development_secrets_are_refused_outside_the_embedded_stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker_cpu import main as cpu_worker
+
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal-frontend.temporal.svc:7233")
+    with pytest.raises(RuntimeError) as refused:
+        create_app(Settings(data_dir=tmp_path))
+    for name in ("VIDEOGEN_API_KEYS", "VIDEOGEN_URL_SIGNING_KEY", "VIDEOGEN_WEBHOOK_SECRET_KEY"):
+        assert name in str(refused.value)
+    with pytest.raises(RuntimeError, match="VIDEOGEN_WEBHOOK_SECRET_KEY"):
+        asyncio.run(cpu_worker.run(Settings(data_dir=tmp_path)))
+    own = Settings(
+        api_keys="k-0123456789:u:paid",
+        url_signing_key="a" * 40,
+        webhook_secret_key="b" * 40,
+        data_dir=tmp_path,
+    )
+    create_app(own)  # starts
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    create_app(Settings(data_dir=tmp_path))  # the embedded stack keeps its defaults
+
+
+def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
+    secrets = {
+        "VIDEOGEN_API_KEYS": "key-alpha-7f3e9b:alice:paid",
+        "VIDEOGEN_URL_SIGNING_KEY": "url-key-c41d8a77",
+        "VIDEOGEN_WEBHOOK_SECRET_KEY": "hook-key-9e02bb13",
+        "VIDEOGEN_ADMIN_KEY": "admin-key-5a6b7c",
+    }
+    script = (
+        "from fastapi.testclient import TestClient\n"
+        "from api.app import create_app\n"
+        "from videogen import logs\n"
+        "logs.configure(level='DEBUG')\n"
+        "with TestClient(create_app(), raise_server_exceptions=False) as c:\n"
+        "    good = {'Authorization': 'Bearer key-alpha-7f3e9b'}\n"
+        "    c.get('/v1/models', headers=good)\n"
+        "    c.get('/v1/webhook_secret', headers=good)\n"
+        "    c.get('/v1/models', headers={'Authorization': 'Bearer key-alpha-7f3e9bX'})\n"
+        "    c.get('/v1/admin/fleet', headers={'Authorization': 'Bearer admin-key-5a6b7c'})\n"
+        "    c.post('/v1/videos', headers=good, json={'prompt': 'a', 'size': '1x1'})\n"
+        "    c.post('/v1/videos', headers=good, json={'prompt': 'a'})  # no Temporal: 503\n"
+    )
+    env = {
+        **os.environ,
+        **secrets,
+        "VIDEOGEN_LOG_FORMAT": "json",
+        "VIDEOGEN_DATA_DIR": str(tmp_path),
+        "TEMPORAL_ADDRESS": "127.0.0.1:9",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    logged = out.stdout + out.stderr
+    assert '"event"' in logged  # it did log (requests, the failed start)
+    for name, value in secrets.items():
+        secret = value.split(":")[0]
+        assert secret not in logged, f"{name} appears in the logs"

@@ -2,10 +2,10 @@
 
 Process commands: `up`, `demo`, `temporal`, `api`, `worker gpu|cpu`.
 Client commands (over HTTP, `VIDEOGEN_API_URL` / `VIDEOGEN_API_KEY`): `submit`, `watch`,
-`status`, `cancel`, `download`, `list`. Operator command: `replay` (a history through the
-workflow code). Model commands: `model list` (the catalog: versions and warm queues), `model
-lock FILE` (write each catalog model's version into it), `model fake-wan` (a Wan directory
-with random weights).
+`status`, `cancel`, `download`, `list`. Operator commands: `replay` (a history through the
+workflow code), `key new` (a random API key and its line for a hashed keys file). Model
+commands: `model list` (the catalog: versions and warm queues), `model lock FILE` (write each
+catalog model's version into it), `model fake-wan` (a Wan directory with random weights).
 """
 
 from __future__ import annotations
@@ -483,6 +483,32 @@ def cmd_model_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_new(args: argparse.Namespace) -> int:
+    import hashlib
+    import secrets
+
+    from videogen.settings import Settings
+
+    key = "vg-" + secrets.token_urlsafe(32)
+    line = f"{hashlib.sha256(key.encode()).hexdigest()}:{args.user}:{args.tier}"
+    try:  # the line must load as VIDEOGEN_API_KEYS_FILE reads it
+        Settings(api_keys="")._key_entry(line, "the new entry")
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    print(f"key (give it to {args.user}; it is not stored anywhere): {key}")
+    print(f"line for VIDEOGEN_API_KEYS_FILE: {line}")
+    return 0
+
+
+def _key_commands(sub: Any) -> None:
+    sp = sub.add_parser("key", help="API keys")
+    keys = sp.add_subparsers(dest="key_command", required=True)
+    new = keys.add_parser("new", help="a new random API key and its hashed keys-file line")
+    new.add_argument("--user", required=True)
+    new.add_argument("--tier", required=True, help="a tier of VIDEOGEN_TIERS")
+    new.set_defaults(func=cmd_key_new)
+
+
 def _model_commands(sub: Any) -> None:
     sp = sub.add_parser("model", help="the model catalog; make model directories")
     models = sp.add_subparsers(dest="model_command", required=True)
@@ -595,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_replay)
 
     _model_commands(sub)
+    _key_commands(sub)
     return p
 
 

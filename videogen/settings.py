@@ -8,6 +8,7 @@ self-hosted cluster or Temporal Cloud unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,8 @@ from videogen import registry as model_registry
 from videogen.registry import Registry, ServedModel, UnknownModel
 
 DEV_API_KEY = "vg-dev-key"
+DEV_WEBHOOK_SECRET_KEY = "videogen-dev-webhook-key"
+DEV_URL_SIGNING_KEY = "videogen-dev-url-key"
 
 
 class TextEncoderPlacement(StrEnum):
@@ -107,6 +110,11 @@ class Settings(BaseSettings):
         f"{DEV_API_KEY}:dev:paid",
         description="Comma-separated key:user:tier entries; tiers are internal, paid, free.",
     )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of hashed API keys, one `<sha256 hex of the key>:user:tier` per line "
+        "(`videogen key new` makes one); read besides VIDEOGEN_API_KEYS.",
+    )
 
     tiers: dict[str, TierPolicy] = Field(
         default_factory=lambda: dict(DEFAULT_TIERS),
@@ -125,7 +133,7 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Least time between progress signals of one job."
     )
     webhook_secret_key: str = Field(
-        "videogen-dev-webhook-key",
+        DEV_WEBHOOK_SECRET_KEY,
         description="Master key the users' webhook signing "
         "secrets derive from; set a long random value in production.",
     )
@@ -135,7 +143,7 @@ class Settings(BaseSettings):
         "private ('*': any). Development only.",
     )
     url_signing_key: str = Field(
-        "videogen-dev-url-key",
+        DEV_URL_SIGNING_KEY,
         description="Key of the signed download URLs (file:// "
         "storage); set a long random value in production.",
     )
@@ -284,30 +292,80 @@ class Settings(BaseSettings):
     def keys(self) -> dict[str, ApiKey]:
         """Parse VIDEOGEN_API_KEYS; a malformed entry is an error at start-up, not at request."""
         out: dict[str, ApiKey] = {}
-        for raw in self.api_keys.split(","):
-            entry = raw.strip()
-            if not entry:
-                continue
-            parts = entry.split(":")
-            if len(parts) != 3 or not all(parts):
-                raise ValueError(
-                    f"VIDEOGEN_API_KEYS entry {entry!r} is not of the form key:user:tier"
-                )
-            key, user, tier = parts
-            if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,64}", user):
-                # User ids go into visibility queries and Temporal fairness keys (at most 64
-                # bytes): keep them plain and short.
-                raise ValueError(
-                    f"VIDEOGEN_API_KEYS entry {entry!r}: user ids may hold up to 64 letters, "
-                    "digits and '_.@+-' only"
-                )
-            if tier not in self.tiers:
-                raise ValueError(
-                    f"VIDEOGEN_API_KEYS entry for user {user!r} has tier {tier!r}; "
-                    f"allowed tiers: {', '.join(self.tiers)} (VIDEOGEN_TIERS)"
-                )
-            out[key] = ApiKey(key=key, user=user, tier=tier)
+        entries = [e.strip() for e in self.api_keys.split(",") if e.strip()]
+        for n, entry in enumerate(entries, 1):
+            key, api_key = self._key_entry(entry, f"VIDEOGEN_API_KEYS entry {n}")
+            out[key] = api_key
         return out
+
+    def _key_entry(self, entry: str, where: str) -> tuple[str, ApiKey]:
+        """`key:user:tier` (the key may be its hash) as (key, ApiKey). Messages name the entry
+        by its place and user, never by the key: they end up in logs."""
+        parts = entry.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"{where} is not of the form key:user:tier")
+        key, user, tier = parts
+        if not re.fullmatch(r"[A-Za-z0-9_.@+-]{1,64}", user):
+            # User ids go into visibility queries and Temporal fairness keys (at most 64
+            # bytes): keep them plain and short.
+            raise ValueError(
+                f"{where}: user ids may hold up to 64 letters, digits and '_.@+-' only"
+            )
+        if tier not in self.tiers:
+            raise ValueError(
+                f"{where} for user {user!r} has tier {tier!r}; "
+                f"allowed tiers: {', '.join(self.tiers)} (VIDEOGEN_TIERS)"
+            )
+        return key, ApiKey(key=key, user=user, tier=tier)
+
+    @cached_property
+    def hashed_keys(self) -> dict[str, ApiKey]:
+        """VIDEOGEN_API_KEYS_FILE by sha256 hex digest of the key; errors name the line."""
+        if self.api_keys_file is None:
+            return {}
+        try:
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise ValueError(f"VIDEOGEN_API_KEYS_FILE: cannot read it ({err})") from None
+        out: dict[str, ApiKey] = {}
+        for n, raw in enumerate(lines, 1):
+            entry = raw.strip()
+            if entry and not entry.startswith("#"):
+                digest, key = self._key_entry(entry, f"VIDEOGEN_API_KEYS_FILE line {n}")
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise ValueError(
+                        f"VIDEOGEN_API_KEYS_FILE line {n}: the first field must be the sha256 "
+                        "hex digest of the key, not the key (`videogen key new` writes lines)"
+                    )
+                out[digest] = key
+        return out
+
+    def lookup_key(self, token: str) -> ApiKey | None:
+        """The caller of a bearer `token`: a plain key of VIDEOGEN_API_KEYS, or one whose hash
+        VIDEOGEN_API_KEYS_FILE lists."""
+        found = self.keys.get(token)
+        if found is None and self.hashed_keys:
+            found = self.hashed_keys.get(hashlib.sha256(token.encode()).hexdigest())
+        return found
+
+    def development_secrets(self) -> list[str]:
+        """The settings still at their public development values, each with what to set."""
+        found = []
+        if DEV_API_KEY in self.keys:
+            found.append(
+                f"VIDEOGEN_API_KEYS holds the development key {DEV_API_KEY!r}: list your own "
+                "keys there, or hashed ones in VIDEOGEN_API_KEYS_FILE"
+            )
+        for name, value, dev in (
+            ("VIDEOGEN_URL_SIGNING_KEY", self.url_signing_key, DEV_URL_SIGNING_KEY),
+            ("VIDEOGEN_WEBHOOK_SECRET_KEY", self.webhook_secret_key, DEV_WEBHOOK_SECRET_KEY),
+        ):
+            if value == dev:
+                found.append(
+                    f"{name} is the development value: set a long random one "
+                    "(`openssl rand -hex 32`)"
+                )
+        return found
 
     @property
     def cpu_task_queue(self) -> str:

@@ -65,6 +65,23 @@ def connect_config() -> dict[str, object]:
     return config
 
 
+def is_embedded() -> bool:
+    """Whether this process talks to a Temporal server on loopback: the embedded dev server
+    (`videogen up`, tests), where the development secrets may be used."""
+    host = str(connect_config()["target_host"]).rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def refuse_development_secrets(problems: list[str]) -> None:
+    """RuntimeError, saying what to set, if `problems` (Settings.development_secrets) is not
+    empty and the stack is not the embedded one: those values are public."""
+    if problems and not is_embedded():
+        raise RuntimeError(
+            "refusing to start against a Temporal server that is not the embedded one with "
+            "public development secrets: " + "; ".join(problems)
+        )
+
+
 async def connect(*, wait_s: float = 0.0) -> Client:
     """Connect, retrying for up to `wait_s` seconds (a starting server refuses at first).
 

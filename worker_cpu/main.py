@@ -18,7 +18,7 @@ from activities.webhooks import WebhookActivities
 from videogen import metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
-from videogen.temporal import connect, run_until_stopped
+from videogen.temporal import connect, refuse_development_secrets, run_until_stopped
 from workflows.notify import VideoRetention, WebhookDelivery
 from workflows.video import VideoGeneration
 
@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    # It signs webhooks: the public development key would let anyone forge them.
+    refuse_development_secrets([p for p in settings.development_secrets() if "WEBHOOK_SECRET" in p])
     store = open_store(settings.resolved_storage_url)
     client = await connect(wait_s=60)
     acts = PostprocessActivities(store)
