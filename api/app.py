@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import errors, openapi
 from api.fleet import FleetCache
 from api.routers import admin, events, files, health, models, videos, webhooks
 from videogen import registry, tracing
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Set when the server is told to stop (ApiServer): event streams end, readiness says 503.
     app.state.draining = asyncio.Event()
     errors.install(app)
+    openapi.install(app)
     app.include_router(videos.router)
     app.include_router(models.router)
     app.include_router(events.router)

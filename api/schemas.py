@@ -18,10 +18,21 @@ class CreateVideoBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(max_length=MAX_PROMPT)
-    model: str | None = None
-    seconds: int | None = Field(None, description="Clip length; allowed values depend on model.")
-    size: str | None = Field(None, description="WIDTHxHEIGHT, e.g. 256x256.")
+    prompt: str = Field(
+        max_length=MAX_PROMPT,
+        description=f"What to draw: at least one non-space character, at most {MAX_PROMPT}.",
+    )
+    model: str | None = Field(
+        None,
+        description="A model or alias of GET /v1/models, or 'model@version'; default: "
+        "the catalog's default.",
+    )
+    seconds: int | None = Field(
+        None, description="Clip length; allowed values: the model's `seconds` (GET /v1/models)."
+    )
+    size: str | None = Field(
+        None, description="WIDTHxHEIGHT, one of the model's `sizes` (GET /v1/models)."
+    )
     seed: int | None = Field(None, ge=0, le=catalog.MAX_SEED)
     negative_prompt: str = Field("", max_length=MAX_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1, le=catalog.MAX_STEPS)
@@ -31,7 +42,16 @@ class CreateVideoBody(BaseModel):
         description="Which events go to webhook_url: video.completed, video.failed, "
         "video.cancelled (the default: all three) and video.progress.",
     )
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = Field(
+        None,
+        description=f"At most {MAX_METADATA_KEYS} pairs; keys up to 64 characters, values up "
+        "to 512.",
+        json_schema_extra={
+            "maxProperties": MAX_METADATA_KEYS,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+    )
 
     @field_validator("webhook_events")
     @classmethod
@@ -57,6 +77,19 @@ class CreateVideoBody(BaseModel):
         if v and any(len(k) > 64 or len(val) > 512 for k, val in v.items()):
             raise ValueError("keys are at most 64 characters, values at most 512")
         return v
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong and how to fix it.")
+    type: str = Field(description="invalid_request_error, authentication_error, ...")
+    param: str | None = Field(None, description="The field at fault, if one is.")
+    code: str | None = Field(None, description="Machine-readable cause, e.g. unsupported_size.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (OpenAI's shape)."""
+
+    error: ErrorDetail
 
 
 class VideoError(BaseModel):
