@@ -103,6 +103,32 @@ async def to_video(
     return video
 
 
+# How long a poller should wait before it asks again (the `openai-poll-after-ms` header, which
+# the OpenAI SDK's poll helper obeys), by phase: a queued job changes when it starts, a render
+# every step, the short phases at its end soon.
+POLL_AFTER_MS = {
+    c.Phase.QUEUED: 2000,
+    c.Phase.STARTING: 1000,
+    c.Phase.RESUMING: 1000,
+    c.Phase.DENOISING: 1000,
+    c.Phase.DECODING: 500,
+    c.Phase.ENCODING: 500,
+}
+POLL_AFTER_MAX_MS = 10_000
+POLL_AFTER_HEADER = "openai-poll-after-ms"
+
+
+def poll_after_ms(video: Video, now: float | None = None) -> int | None:
+    """Milliseconds until the next useful poll of an unfinished job; None once it is finished.
+    A queued job with an estimated start is asked again halfway there (1-10 s)."""
+    if video.status not in (c.Status.QUEUED, c.Status.IN_PROGRESS):
+        return None
+    if video.status == c.Status.QUEUED and video.estimated_start_at:
+        half = (video.estimated_start_at - (now or time.time())) * 1000 / 2
+        return int(min(POLL_AFTER_MAX_MS, max(1000, half)))
+    return POLL_AFTER_MS.get(video.phase, 1000)
+
+
 def just_started(req: c.VideoRequest) -> Video:
     """The Video object of the job this request has just started, as a read of it would show
     it now, without the read: one Temporal round trip less per submission. `created_at` is

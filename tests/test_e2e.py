@@ -102,13 +102,58 @@ def test_openai_sdk_create_poll_download(stack: Stack) -> None:
     )
     assert video.status == "queued" and video.model == "videogen-tiny"
     assert client.videos.retrieve(video.id).id == video.id
-    done = client.videos.poll(video.id, poll_interval_ms=100)
+    # No interval given: the SDK waits what the API's openai-poll-after-ms header says.
+    done = client.videos.poll(video.id)
     assert done.status == "completed" and done.progress == 100
     content = client.videos.download_content(video.id, variant="video")
     info = probe_mp4(content.read())
     assert (info.frames, info.width, info.height) == (9, 64, 64)
     listed = client.videos.list(limit=100)
     assert video.id in [v.id for v in listed.data]
+
+
+def test_an_unfinished_job_says_when_to_poll_again(api: httpx.Client) -> None:
+    v = submit(api, size="256x256", seconds=4, num_inference_steps=500)
+    first = api.get(f"/v1/videos/{v['id']}")
+    assert 500 <= int(first.headers["openai-poll-after-ms"]) <= 10_000, first.headers
+    wait_for(api, v["id"], ("in_progress",))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = api.get(f"/v1/videos/{v['id']}")
+        if r.json()["phase"] == "denoising":
+            break
+    assert r.headers["openai-poll-after-ms"] == "1000", (r.json()["phase"], r.headers)
+    api.post(f"/v1/videos/{v['id']}/cancel")
+    wait_for(api, v["id"], ("cancelled",), timeout_s=30)
+    assert "openai-poll-after-ms" not in api.get(f"/v1/videos/{v['id']}").headers
+
+
+def test_the_poll_interval_follows_the_phase() -> None:
+    from api.presenter import poll_after_ms
+    from api.schemas import Video
+    from videogen import contracts as c
+
+    def video(status: c.Status, phase: c.Phase, eta: int | None = None) -> Video:
+        return Video(
+            id="video_1",
+            status=status,
+            phase=phase,
+            created_at=0,
+            model="m",
+            prompt="p",
+            seconds="1",
+            size="64x64",
+            seed=1,
+            estimated_start_at=eta,
+        )
+
+    assert poll_after_ms(video(c.Status.QUEUED, c.Phase.QUEUED)) == 2000
+    assert poll_after_ms(video(c.Status.QUEUED, c.Phase.QUEUED, eta=106), now=100) == 3000
+    assert poll_after_ms(video(c.Status.QUEUED, c.Phase.QUEUED, eta=101), now=100) == 1000
+    assert poll_after_ms(video(c.Status.QUEUED, c.Phase.QUEUED, eta=500), now=100) == 10_000
+    assert poll_after_ms(video(c.Status.IN_PROGRESS, c.Phase.DENOISING)) == 1000
+    assert poll_after_ms(video(c.Status.IN_PROGRESS, c.Phase.ENCODING)) == 500
+    assert poll_after_ms(video(c.Status.COMPLETED, c.Phase.COMPLETED)) is None
 
 
 def test_cancel_running_job_stops_it_and_frees_the_gpu(api: httpx.Client, stack: Stack) -> None:

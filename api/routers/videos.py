@@ -301,12 +301,21 @@ async def list_videos(
 
 @router.get("/{video_id}", response_model=Video)
 async def retrieve_video(
-    video_id: str, key: KeyDep, settings: SettingsDep, client: ClientDep, store: StoreDep
+    video_id: str,
+    response: Response,
+    key: KeyDep,
+    settings: SettingsDep,
+    client: ClientDep,
+    store: StoreDep,
 ) -> Video:
     handle, ex = await jobs.owned_handle(client, store, video_id, key)
-    return await presenter.to_video(
+    video = await presenter.to_video(
         handle, ex, client=client, queue_tiers=settings.tiers_sharing_pool(key.tier)
     )
+    wait = presenter.poll_after_ms(video)
+    if wait is not None:
+        response.headers[presenter.POLL_AFTER_HEADER] = str(wait)
+    return video
 
 
 @router.get("/{video_id}/content")
