@@ -32,11 +32,24 @@ from videogen.stack import Stack
 
 KEY = "openapi-key"
 ADMIN_KEY = "openapi-admin"
+
+
+@schemathesis.check
+def retry_after_on_429_and_503(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every 429 and 503 says when to retry."""
+    if response.status_code in (429, 503) and "retry-after" not in {
+        k.lower() for k in response.headers
+    }:
+        raise AssertionError(f"{response.status_code} without Retry-After")
+    return None
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    retry_after_on_429_and_503,
 ]
 # Per operation; about 15 operations: a few hundred requests in all.
 EXAMPLES = 20

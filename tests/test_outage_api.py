@@ -158,6 +158,7 @@ def test_object_store_cut_answers_503_then_recovers(outage: tuple[Stack, FaultPr
             print("store cut latencies:", {t.name: f"{t.seconds:.2f}s" for t in answers})
             ready = timed("readyz", lambda: api.get("/readyz"))
             assert ready.response.status_code == 503 and ready.seconds < BOUND_S
+            assert ready.response.headers["Retry-After"].isdigit()
             checks = ready.response.json()["checks"]
             assert checks["temporal"] == "ok" and checks["storage"].startswith("error"), checks
             assert api.get("/livez").status_code == 200
@@ -283,6 +284,7 @@ def outage_requests(api: httpx.Client, job: str, until: float) -> dict[str, list
             seconds[name].append(t.seconds)
         ready = api.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["storage"] == "ok"
+        assert ready.headers["Retry-After"].isdigit()
         assert ready.json()["checks"]["temporal"].startswith("error")
         assert api.get("/livez").status_code == 200
     return seconds

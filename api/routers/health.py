@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client
 
-from api import fleet
+from api import errors, fleet
 from api.deps import ClientDep, SettingsDep, StoreDep
 from videogen.storage import ObjectStore
 
@@ -50,6 +50,8 @@ async def readyz(
     draining = request.app.state.draining.is_set()
     ok = not draining and all(v == OK for v in checks.values())
     response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = str(errors.RETRY_AFTER_S)
     status = OK if ok else ("draining" if draining else "unavailable")
     return {"status": status, "checks": checks, "storage": store.describe()}
 
