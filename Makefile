@@ -36,7 +36,9 @@ lint: venv
 
 # promtool checks the alert rules (tests/test_ops.py). It comes from Debian's prometheus
 # package, unpacked into .venv: no root, no system install. A promtool on PATH is used as is.
-tools: $(BIN)/promtool
+# Chromium and ChromeDriver, for the web page's browser tests (tests/test_web.py), come the
+# same way (tests/tools/get-chromium.sh; about 400 MB unpacked).
+tools: $(BIN)/promtool $(BIN)/chromedriver
 
 $(BIN)/promtool: | $(VENV)/.installed
 	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; \
@@ -44,6 +46,10 @@ $(BIN)/promtool: | $(VENV)/.installed
 	  && dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/x && cp $$tmp/x/usr/bin/promtool $@ \
 	  && rm -rf $$tmp; fi
 	$@ --version | head -1
+
+$(BIN)/chromedriver: tests/tools/get-chromium.sh | $(VENV)/.installed
+	bash tests/tools/get-chromium.sh $(BIN)
+	$@ --version
 
 test: venv lint tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, openapi
 from api.fleet import FleetCache
-from api.routers import admin, events, files, health, models, videos, webhooks
+from api.routers import admin, events, files, health, models, videos, web, webhooks
 from videogen import registry, tracing
 from videogen.settings import Settings
 from videogen.storage import open_store
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    web.install(app)
     tracing.instrument_app(app)
 
     app.add_middleware(BodyLimit)

@@ -335,9 +335,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = _stack(args, None)
     stack.start()
     print(
-        f"\nvideogen is up:\n  API        {stack.api_url}  (key: {DEV_API_KEY})\n"
+        f"\nvideogen is up:\n  web page   {stack.api_url}/  (sign in with the key)\n"
+        f"  API        {stack.api_url}  (key: {DEV_API_KEY})\n"
         f"  Temporal   127.0.0.1:{args.temporal_port}\n"
-        f"  Web UI     http://127.0.0.1:{args.ui_port}\n  data       {stack.data_dir}\n"
+        f"  Temporal UI http://127.0.0.1:{args.ui_port}\n  data       {stack.data_dir}\n"
         "Ctrl-C stops everything.",
         file=sys.stderr,
     )
