@@ -310,6 +310,20 @@ async def test_a_gpu_worker_killed_mid_render_shows_resuming_then_completes(
     assert_plays(page, card, 2.0)
 
 
+def test_the_page_reconnects_to_a_restarted_api_and_misses_nothing(
+    wstack: Stack, page: WebDriver
+) -> None:
+    signed_in(page)
+    card = create(page, "a purple ball moving down", seed="3", **WATCHED)
+    until(page, lambda d: re.match(r"Denoising: step \d+", text(card, ".status")), 60)
+    wstack.restart_api()  # its event streams end with a retry hint; the page reconnects
+    # Whatever happened while the API was away (more steps, or the end), the card gets there.
+    seen = watch(page, card, lambda: card.get_attribute("data-status") == "completed", 120)
+    steps = [int(m[1]) for s in seen if (m := re.match(r"Denoising: step (\d+) of 60", s))]
+    assert steps == sorted(steps), seen
+    assert_plays(page, card, 2.0)
+
+
 def test_the_gallery_lists_only_the_users_videos_a_page_at_a_time(
     wstack: Stack, page: WebDriver, wapi: httpx.Client
 ) -> None:

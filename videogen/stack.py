@@ -134,6 +134,16 @@ class Stack:
             start_new_session=True,
         )
 
+    def restart_api(self, timeout_s: float = 60.0) -> None:
+        """Stop the API with SIGTERM, as a rollout does, and start it again on the same port."""
+        child = self.child("api")
+        assert child.process is not None, "the stack is not started"
+        child.process.terminate()
+        child.process.wait(timeout_s)
+        child.restarts += 1
+        self._spawn(child)
+        self.wait_api(timeout_s)
+
     def wait_api(self, timeout_s: float) -> None:
         wait_ready(self.api_url, timeout_s, check=self.check)
 
