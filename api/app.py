@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors, openapi
 from api.fleet import FleetCache
-from api.routers import admin, events, files, health, models, videos, web, webhooks
+from api.routers import admin, codec, events, files, health, models, videos, web, webhooks
 from videogen import registry, tracing
 from videogen.settings import Settings
 from videogen.storage import open_store
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # outside the embedded stack.
     settings.keys  # noqa: B018
     settings.hashed_keys  # noqa: B018
+    settings.payload_keyring  # noqa: B018
     refuse_development_secrets(settings.development_secrets())
     # A bad catalog fails at start too; a catalog file is followed for changes from here on.
     live_models = registry.Live(settings.models, settings.model, settings.model_name)
@@ -48,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.models = live_models
         app.state.store = open_store(settings.resolved_storage_url)
         # Lazy: the API starts while Temporal is down and answers 503 until it is back.
-        app.state.client = await connect_api()
+        app.state.client = await connect_api(settings.payload_keyring)
         app.state.fleet = FleetCache(settings.fleet_cache_s)
         yield
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(codec.router)
     web.install(app)
     tracing.instrument_app(app)
 
@@ -80,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 # Request bodies: the largest valid create (two 4,000-character prompts of 4-byte characters,
 # 16 metadata pairs, a webhook URL) is well under this.
 MAX_BODY_BYTES = 64 * 1024
+# The codec endpoints take Temporal payloads, which the server lets grow to 2 MB each.
+LARGER_BODIES = {"/codec/": 8 * 1024 * 1024}
 
 
 class _TooLarge(Exception):
@@ -87,20 +91,31 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """413 for a request body over MAX_BODY_BYTES, read no further than the limit: refused on its
-    Content-Length before any of it is read, or once the bytes streamed in pass the limit."""
+    """413 for a request body over MAX_BODY_BYTES (or the LARGER_BODIES limit of its path), read
+    no further than the limit: refused on its Content-Length before any of it is read, or once
+    the bytes streamed in pass the limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        larger: dict[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = LARGER_BODIES if larger is None else larger
+
+    def _limit(self, path: str) -> int:
+        return next((n for p, n in self.larger.items() if path.startswith(p)), self.max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if not declared.isdigit() or int(declared) > limit:
+            await self._refuse(send, limit)
             return
         seen = 0
         started = False
@@ -110,7 +125,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _TooLarge
             return message
 
@@ -123,13 +138,13 @@ class BodyLimit:
             await self.app(scope, limited, watched)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = json.dumps(
             errors.error_body(
                 413,
-                f"request body too large: at most {self.max_bytes} bytes",
+                f"request body too large: at most {limit} bytes",
                 code="request_too_large",
             )
         ).encode()

@@ -198,7 +198,7 @@ class Driver:
 
 @contextlib.asynccontextmanager
 async def driver(stack: Stack) -> Any:
-    temporal = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
+    temporal = await stack.client()
     async with httpx.AsyncClient(
         base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {DEV_API_KEY}"}
     ) as api:

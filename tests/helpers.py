@@ -273,17 +273,17 @@ def private_stack(
     tmp: pytest.TempPathFactory, name: str, env: dict[str, str], **options: Any
 ) -> Iterator[Stack]:
     """A stack of a test module's own: fresh ports, its own data directory and logs, no Web
-    UI; stopped afterwards. `options` are further `Stack` fields (gpu_workers, ...)."""
+    UI; stopped afterwards. `options` are further `Stack` fields (gpu_workers, ui_port, ...)."""
     data = tmp.mktemp(name)
-    stack = Stack(
+    fields: dict[str, Any] = dict(
         data_dir=data,
         api_port=free_port(),
         temporal_port=free_port(),
         ui_port=None,
         log_dir=data / "logs",
         env=env,
-        **options,
     )
+    stack = Stack(**{**fields, **options})
     stack.start(timeout_s=180)
     try:
         yield stack

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from helpers import submit, wait_for
-from temporalio.client import Client
 
 from videogen import contracts as c
 from videogen import quota
@@ -94,7 +93,7 @@ def burst(stack: Stack) -> Iterator[tuple[list[str], dict[str, str]]]:
 
 async def _terminate_all(stack: Stack, users: list[str]) -> None:
     # An explicit address, not TEMPORAL_ADDRESS: os.environ leaks into later tests' stacks.
-    client = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
+    client = await stack.client()
     for user in users:
         async for ex in client.list_workflows(vis.jobs(vis.eq(c.SA_USER, user), status="Running")):
             await client.get_workflow_handle(ex.id).terminate("burst test over")

@@ -26,7 +26,6 @@ from helpers import (
     wait_step,
     worker_child,
 )
-from temporalio.client import Client
 
 from activities.media import probe_mp4
 from videogen import contracts as c
@@ -93,7 +92,7 @@ async def test_preempted_job_resumes_from_checkpoints_in_s3(
 ) -> None:
     """SIGTERM, then SIGKILL, of the only GPU worker (restarted each time): the job resumes
     from checkpoints kept in S3 and gives the uninterrupted run's bytes."""
-    client = await Client.connect(f"127.0.0.1:{s3_stack.temporal_port}")
+    client = await s3_stack.client()
     s3 = moto_s3.client()
     bucket = s3_stack.bucket  # type: ignore[attr-defined]
     with api_client(s3_stack) as s3_api:

@@ -49,7 +49,9 @@ def read_events(
 
 
 def test_stream_shows_increasing_steps_then_completed(api: httpx.Client) -> None:
-    v = submit(api, num_inference_steps=40, seed=21)
+    # Long enough (a few seconds) that a stream opened a moment after the submit, on a loaded
+    # machine, still sees several steps go by at the API's 0.5 s poll.
+    v = submit(api, num_inference_steps=150, seed=21)
     events = [e for e in read_events(api, v["id"]) if e[1] != ":"]
     *progress, final = events
     assert final[:2] == ("end", "completed") and final[2]["status"] == "completed"

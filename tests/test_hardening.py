@@ -6,6 +6,7 @@ public development secrets refused outside the embedded stack; secrets kept out 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -134,19 +135,25 @@ def test_hashed_keys_from_a_file_authenticate_and_a_plain_key_there_is_refused(
 def test_the_development_secrets_are_refused_outside_the_embedded_stack(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from videogen import codec
     from worker_cpu import main as cpu_worker
+    from worker_gpu import main as gpu_worker
 
     monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal-frontend.temporal.svc:7233")
     with pytest.raises(RuntimeError) as refused:
         create_app(Settings(data_dir=tmp_path))
-    for name in ("VIDEOGEN_API_KEYS", "VIDEOGEN_URL_SIGNING_KEY", "VIDEOGEN_WEBHOOK_SECRET_KEY"):
-        assert name in str(refused.value)
-    with pytest.raises(RuntimeError, match="VIDEOGEN_WEBHOOK_SECRET_KEY"):
+    names = ("API_KEYS", "URL_SIGNING_KEY", "WEBHOOK_SECRET_KEY", "PAYLOAD_KEYS")
+    for name in names:
+        assert f"VIDEOGEN_{name}" in str(refused.value)
+    with pytest.raises(RuntimeError, match=r"VIDEOGEN_WEBHOOK_SECRET_KEY.*VIDEOGEN_PAYLOAD_KEYS"):
         asyncio.run(cpu_worker.run(Settings(data_dir=tmp_path)))
+    with pytest.raises(RuntimeError, match="VIDEOGEN_PAYLOAD_KEYS"):
+        asyncio.run(gpu_worker.run(Settings(data_dir=tmp_path)))
     own = Settings(
         api_keys="k-0123456789:u:paid",
         url_signing_key="a" * 40,
         webhook_secret_key="b" * 40,
+        payload_keys=codec.new_key("prod"),
         data_dir=tmp_path,
     )
     create_app(own)  # starts
@@ -160,6 +167,7 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
         "VIDEOGEN_URL_SIGNING_KEY": "url-key-c41d8a77",
         "VIDEOGEN_WEBHOOK_SECRET_KEY": "hook-key-9e02bb13",
         "VIDEOGEN_ADMIN_KEY": "admin-key-5a6b7c",
+        "VIDEOGEN_PAYLOAD_KEYS": "k1:" + base64.b64encode(b"payload-key-3d9f".ljust(32)).decode(),
     }
     script = (
         "from fastapi.testclient import TestClient\n"
@@ -174,6 +182,8 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
         "    c.get('/v1/admin/fleet', headers={'Authorization': 'Bearer admin-key-5a6b7c'})\n"
         "    c.post('/v1/videos', headers=good, json={'prompt': 'a', 'size': '1x1'})\n"
         "    c.post('/v1/videos', headers=good, json={'prompt': 'a'})  # no Temporal: 503\n"
+        "    op = {'Authorization': 'Bearer admin-key-5a6b7c'}\n"
+        "    c.post('/codec/encode', headers=op, json={'payloads': [{'data': 'eA=='}]})\n"
     )
     env = {
         **os.environ,
@@ -189,5 +199,7 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
     logged = out.stdout + out.stderr
     assert '"event"' in logged  # it did log (requests, the failed start)
     for name, value in secrets.items():
-        secret = value.split(":")[0]
+        # The key of an `id:key` payload entry; the key before `:user:tier` of an API key.
+        secret = value.split(":")[1] if name == "VIDEOGEN_PAYLOAD_KEYS" else value.split(":")[0]
         assert secret not in logged, f"{name} appears in the logs"
+    assert "payload-key-3d9f" not in logged

@@ -90,7 +90,7 @@ def mapi(mstack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 async def mclient(mstack: Stack) -> AsyncIterator[Client]:
-    yield await Client.connect(f"127.0.0.1:{mstack.temporal_port}")
+    yield await mstack.client()
 
 
 def _reference_sha(served: registry.ServedModel) -> str:
@@ -135,7 +135,8 @@ async def _gpu_start(client: Client, job: str) -> GpuStart:
         elif ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             attrs = ev.activity_task_completed_event_attributes
             if scheduled[attrs.scheduled_event_id] == c.ACTIVITY_WARM_UP:
-                load_s += json.loads(attrs.result.payloads[0].data)["load_seconds"]
+                result = await client.data_converter.decode(attrs.result.payloads)
+                load_s += result[0]["load_seconds"]
     assert started_at is not None and first_gpu is not None
     return GpuStart(first_gpu - started_at, load_s, list(scheduled.values()))
 
@@ -169,7 +170,9 @@ async def test_one_worker_serves_both_models_switching_within_the_cold_start_bou
             assert COLD_AFTER_S <= g.waited_s <= COLD_AFTER_S + g.load_s + SLACK_S, g
         shas.setdefault(name, set()).add(done["frames_sha256"])
         history = await mclient.get_workflow_handle(job["id"]).fetch_history()
-        await Replayer(workflows=[VideoGeneration]).replay_workflow(history)
+        await Replayer(
+            workflows=[VideoGeneration], data_converter=mclient.data_converter
+        ).replay_workflow(history)
         if start != "warm":  # kept with the stack's data (tests/histories/cold_start.json is one)
             (mstack.data_dir / f"{job['id']}.json").write_text(history.to_json())
     # Each job ran on its own weights: the frames of a direct run of that model.

@@ -22,7 +22,6 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from temporalio.client import Client
 
 from api.app import create_app
 from videogen import contracts as c
@@ -69,7 +68,7 @@ def ostack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 async def _terminate_jobs(stack: Stack) -> None:
-    client = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
+    client = await stack.client()
     async for ex in client.list_workflows(vis.jobs(status="Running")):
         await client.get_workflow_handle(ex.id).terminate("openapi test over")
 

@@ -78,7 +78,7 @@ def oapi(ostack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 async def tclient(ostack: Stack) -> AsyncIterator[Client]:
-    yield await Client.connect(f"127.0.0.1:{ostack.temporal_port}")
+    yield await ostack.client()
 
 
 async def _pending(client: Client, job: str, activity: str) -> bool:
@@ -99,7 +99,7 @@ async def _wait_started(client: Client, job: str, activity: str, timeout_s: floa
 
 
 async def _result(stack: Stack, job: str, timeout_s: float) -> c.JobResult:
-    client = await Client.connect(f"127.0.0.1:{stack.temporal_port}")
+    client = await stack.client()
     handle = client.get_workflow_handle(job, result_type=c.JobResult)
     return await asyncio.wait_for(handle.result(), timeout_s)
 

@@ -54,7 +54,7 @@ def papi(pstack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 async def tclient(pstack: Stack) -> AsyncIterator[Client]:
-    yield await Client.connect(f"127.0.0.1:{pstack.temporal_port}")
+    yield await pstack.client()
 
 
 def store_of(stack: Stack) -> FileStore:

@@ -66,7 +66,7 @@ def wapi(wstack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 async def wclient(wstack: Stack) -> AsyncIterator[Client]:
-    yield await Client.connect(f"127.0.0.1:{wstack.temporal_port}")
+    yield await wstack.client()
 
 
 async def test_a_1_3b_shaped_job_survives_a_sigkill_and_downloads_as_the_uninterrupted_mp4(

@@ -18,15 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser import chromium
 from helpers import api_client, preemption_env, private_stack, wait_for, wait_step
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from temporalio.client import Client
 
 from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack, gpu_worker_pid
@@ -52,21 +49,7 @@ def wstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[WebDriver]:
-    chromedriver = BIN / "chromedriver"
-    assert chromedriver.exists(), f"no {chromedriver}: `make tools` installs Chromium for this"
-    options = Options()
-    options.binary_location = str(BIN / "chromium")
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # root in a container has no user namespace to sandbox with
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,1000",
-        "--autoplay-policy=no-user-gesture-required",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(options=options, service=Service(str(chromedriver)))
+    d = chromium()
     try:
         yield d
     finally:
@@ -278,7 +261,7 @@ async def test_a_failed_job_shows_its_error_code_and_message(
     signed_in(page)
     card = create(page, "a red ball moving left", size="128x128", steps="400")
     until(page, lambda d: text(card, ".status").startswith("Denoising"), 60)
-    client = await Client.connect(f"127.0.0.1:{wstack.temporal_port}")
+    client = await wstack.client()
     await client.get_workflow_handle(job_id(card)).terminate("stopped by an operator")
     until(page, lambda d: card.get_attribute("data-status") == "failed", 30)
     assert text(card, ".status") == "Failed"
@@ -292,7 +275,7 @@ async def test_a_gpu_worker_killed_mid_render_shows_resuming_then_completes(
     card = create(page, "a green triangle moving up", seed="11", **WATCHED)
     job = job_id(card)
     wait_step(wapi, job, 12)
-    client = await Client.connect(f"127.0.0.1:{wstack.temporal_port}")
+    client = await wstack.client()
     pid = await gpu_worker_pid(client, job)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

@@ -405,21 +405,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from temporalio.client import WorkflowHistory
     from temporalio.worker import Replayer
 
-    from videogen.temporal import connect
+    from videogen import codec
+    from videogen.settings import Settings
+    from videogen.temporal import connect, data_converter
     from workflows.video import VideoGeneration
 
+    keys = Settings().payload_keyring
+
     async def run() -> None:
-        replayer = Replayer(workflows=[VideoGeneration])
+        # Encrypted histories decode with VIDEOGEN_PAYLOAD_KEYS; plaintext ones pass through.
+        replayer = Replayer(workflows=[VideoGeneration], data_converter=data_converter(keys))
         if args.history:
             text = Path(args.history).read_text()
             history = WorkflowHistory.from_json(args.workflow_id or "replayed", text)
         else:
-            client = await connect()
+            client = await connect(keys=keys)
             history = await client.get_workflow_handle(args.workflow_id).fetch_history()
+        missing = codec.key_ids(history.events) - set(keys.keys)
+        if missing:
+            raise CliError(
+                f"the history is encrypted with key id(s) {', '.join(sorted(missing))}, which "
+                f"{codec.SETTING} does not hold: add them (after the active key) to replay it"
+            )
         await replayer.replay_workflow(history)
 
     try:
         asyncio.run(run())
+    except CliError:
+        raise
     except Exception as err:
         raise CliError(f"replay failed: {type(err).__name__}: {err}") from None
     print("replay ok: the workflow code reproduces the recorded history")
@@ -501,13 +514,34 @@ def cmd_key_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_payload(args: argparse.Namespace) -> int:
+    from videogen import codec
+
+    try:
+        entry = codec.new_key(args.id)
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    print(f"entry for {codec.SETTING} (keep it secret; losing it loses the jobs written with it):")
+    print(entry)
+    print(
+        "rotation: first add it after the active key everywhere, then, once every process has "
+        "it, move it first"
+    )
+    return 0
+
+
 def _key_commands(sub: Any) -> None:
-    sp = sub.add_parser("key", help="API keys")
+    sp = sub.add_parser("key", help="API keys and payload encryption keys")
     keys = sp.add_subparsers(dest="key_command", required=True)
     new = keys.add_parser("new", help="a new random API key and its hashed keys-file line")
     new.add_argument("--user", required=True)
     new.add_argument("--tier", required=True, help="a tier of VIDEOGEN_TIERS")
     new.set_defaults(func=cmd_key_new)
+    payload = keys.add_parser(
+        "payload", help="a new key for encrypting Temporal payloads (VIDEOGEN_PAYLOAD_KEYS)"
+    )
+    payload.add_argument("id", help="its key id: letters, digits, '_', '.', '-' (e.g. 2026-12)")
+    payload.set_defaults(func=cmd_key_payload)
 
 
 def _model_commands(sub: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from videogen import catalog
+from videogen import catalog, codec
 from videogen import registry as model_registry
 from videogen.registry import Registry, ServedModel, UnknownModel
 
@@ -141,6 +141,16 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated webhook hosts allowed although they are loopback or "
         "private ('*': any). Development only.",
+    )
+    payload_keys: str = Field(
+        codec.DEV_PAYLOAD_KEYS,
+        description="Keys of the payloads Temporal stores, `id:base64-key` comma-separated, "
+        "the first encrypting (videogen.codec; `videogen key payload ID` makes one).",
+    )
+    codec_cors_origins: str = Field(
+        "",
+        description="Comma-separated origins (the Temporal Web UI's) allowed to call "
+        "/codec/decode from a browser.",
     )
     url_signing_key: str = Field(
         DEV_URL_SIGNING_KEY,
@@ -289,6 +299,11 @@ class Settings(BaseSettings):
         return self.served_model.spec
 
     @cached_property
+    def payload_keyring(self) -> codec.PayloadKeys:
+        """Parse VIDEOGEN_PAYLOAD_KEYS; malformed is an error at start-up."""
+        return codec.PayloadKeys.parse(self.payload_keys)
+
+    @cached_property
     def keys(self) -> dict[str, ApiKey]:
         """Parse VIDEOGEN_API_KEYS; a malformed entry is an error at start-up, not at request."""
         out: dict[str, ApiKey] = {}
@@ -365,6 +380,11 @@ class Settings(BaseSettings):
                     f"{name} is the development value: set a long random one "
                     "(`openssl rand -hex 32`)"
                 )
+        if codec.DEV_KEY_ID in self.payload_keyring.keys:
+            found.append(
+                f"{codec.SETTING} holds the development key {codec.DEV_KEY_ID!r}: make your own "
+                "with `videogen key payload ID`"
+            )
         return found
 
     @property

@@ -25,6 +25,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from videogen import codec
 from videogen import contracts as c
 from videogen.devserver import DevServer, free_port, port_open
 from videogen.settings import Settings
@@ -71,6 +72,9 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         }
         env.setdefault("VIDEOGEN_STORAGE_URL", f"file://{data_dir / 'objects'}")
+        if self.ui_port:  # the Web UI may call the codec endpoint, under either name of its host
+            ui = [f"http://{host}:{self.ui_port}" for host in ("127.0.0.1", "localhost")]
+            env.setdefault("VIDEOGEN_CODEC_CORS_ORIGINS", ",".join(ui))
         env.update(self.env)
         # The stack's own server, whatever `env` copied from a process environment (a whole
         # os.environ, say, with another stack's TEMPORAL_ADDRESS in it).
@@ -86,12 +90,7 @@ class Stack:
                 f"port {self.api_port} is already in use; choose another "
                 "(--api-port) or stop what runs there"
             )
-        self.server = DevServer(
-            db_file=self.data_dir / "temporal.db" if self.persistent else None,
-            port=self.temporal_port,
-            ui_port=self.ui_port,
-            log_file=(self.log_dir or self.data_dir) / "temporal.log",
-        ).start()
+        self.server = self.dev_server().start()
         cli = [sys.executable, "-m", "videogen.cli"]
         self.children = [Child("cpu-worker", [*cli, "worker", "cpu"])]
         self.children += [
@@ -192,6 +191,24 @@ class Stack:
             }
         )
         return settings.warm_queue(settings.served_model, settings.worker_pool)
+
+    def dev_server(self) -> DevServer:
+        return DevServer(
+            db_file=self.data_dir / "temporal.db" if self.persistent else None,
+            port=self.temporal_port,
+            ui_port=self.ui_port,
+            log_file=(self.log_dir or self.data_dir) / "temporal.log",
+            # The Web UI shows payloads in the clear through the API's codec endpoint.
+            extra_args=["--ui-codec-endpoint", f"{self.api_url}/codec"] if self.ui_port else [],
+        )
+
+    async def client(self) -> Client:
+        """A Temporal client of this stack that reads its payloads (its VIDEOGEN_PAYLOAD_KEYS)."""
+        keys = self.child_env().get(codec.SETTING, codec.DEV_PAYLOAD_KEYS)
+        return await Client.connect(
+            f"127.0.0.1:{self.temporal_port}",
+            data_converter=codec.data_converter(codec.PayloadKeys.parse(keys)),
+        )
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)

@@ -38,11 +38,13 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowHistoryEventAsyncIterator,
 )
+from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RetryConfig
 from temporalio.worker import Worker
 
-from videogen import sdk_metrics, tracing
+from videogen import codec, sdk_metrics, tracing
+from videogen.settings import Settings
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
@@ -82,13 +84,23 @@ def refuse_development_secrets(problems: list[str]) -> None:
         )
 
 
-async def connect(*, wait_s: float = 0.0) -> Client:
+def data_converter(keys: codec.PayloadKeys | None = None) -> DataConverter:
+    """The payload converter every client, worker and replayer of videogen uses: payloads
+    encrypted with `keys` (default: VIDEOGEN_PAYLOAD_KEYS; videogen.codec)."""
+    if keys is None:
+        keys = Settings().payload_keyring
+    return codec.data_converter(keys)
+
+
+async def connect(*, wait_s: float = 0.0, keys: codec.PayloadKeys | None = None) -> Client:
     """Connect, retrying for up to `wait_s` seconds (a starting server refuses at first).
 
-    The client (and the workers built on it) report the SDK's metrics through this process's
-    `/metrics` (videogen.sdk_metrics) and trace when tracing is on (videogen.tracing).
+    The client (and the workers built on it) encrypt payloads (videogen.codec), report the
+    SDK's metrics through this process's `/metrics` (videogen.sdk_metrics) and trace when
+    tracing is on (videogen.tracing).
     """
     config = connect_config()
+    config["data_converter"] = data_converter(keys)
     config["runtime"] = sdk_metrics.runtime()
     config["interceptors"] = tracing.interceptors()
     deadline = time.monotonic() + wait_s
@@ -104,7 +116,7 @@ async def connect(*, wait_s: float = 0.0) -> Client:
             await asyncio.sleep(0.25)
 
 
-async def connect_api() -> Client:
+async def connect_api(keys: codec.PayloadKeys | None = None) -> Client:
     """The API's client: lazy, bounded retries, a default timeout on every call.
 
     Lazy, so the API starts (and its readiness says why it is not ready) while Temporal is down;
@@ -112,6 +124,7 @@ async def connect_api() -> Client:
     a dev server stopped and started again on the same port).
     """
     config = connect_config()
+    config["data_converter"] = data_converter(keys)
     config["runtime"] = sdk_metrics.runtime()
     config["interceptors"] = [*tracing.interceptors(), DefaultRpcTimeout(API_RPC_TIMEOUT)]
     config["retry_config"] = API_RETRY

@@ -26,10 +26,13 @@ log = structlog.get_logger(__name__)
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    # It signs webhooks: the public development key would let anyone forge them.
-    refuse_development_secrets([p for p in settings.development_secrets() if "WEBHOOK_SECRET" in p])
+    # It signs webhooks and reads jobs' payloads: public development keys would let anyone
+    # forge the one and read the other.
+    refuse_development_secrets(
+        [p for p in settings.development_secrets() if "WEBHOOK_SECRET" in p or "PAYLOAD" in p]
+    )
     store = open_store(settings.resolved_storage_url)
-    client = await connect(wait_s=60)
+    client = await connect(wait_s=60, keys=settings.payload_keyring)
     acts = PostprocessActivities(store)
     hooks = WebhookActivities(settings.webhook_secret_key, allowed_hosts=settings.webhook_hosts)
     worker = Worker(

@@ -29,7 +29,7 @@ from activities.placement import Placement
 from videogen import logs, metrics
 from videogen.settings import Settings
 from videogen.storage import open_store
-from videogen.temporal import connect, stop_on_signals
+from videogen.temporal import connect, refuse_development_secrets, stop_on_signals
 from worker_gpu import spot
 from worker_gpu.models import Held, IdleOnly, ModelHost
 
@@ -63,13 +63,15 @@ def policy_from(settings: Settings) -> CheckpointPolicy:
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """Serve until stopped; the process exit code (0, or EXIT_POISONED)."""
     stop = stop or asyncio.Event()
+    # It reads jobs' payloads (prompts): the public development key would let anyone else too.
+    refuse_development_secrets([p for p in settings.development_secrets() if "PAYLOAD" in p])
     spec = settings.model_spec
     device = pipeline.pick_device()
     configure_torch(settings, device)
     placement = Placement(settings.text_encoder, settings.offload_experts)
     model = await asyncio.to_thread(pipeline.load_pipeline, spec, device, placement)
     store = open_store(settings.resolved_storage_url)
-    client = await connect(wait_s=60)
+    client = await connect(wait_s=60, keys=settings.payload_keyring)
     served = settings.served_model
     model.version = served.version
     queue = settings.warm_queue(served, settings.worker_pool)
