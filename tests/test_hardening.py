@@ -203,3 +203,56 @@ def test_secrets_never_reach_the_logs(tmp_path: Path) -> None:
         secret = value.split(":")[1] if name == "VIDEOGEN_PAYLOAD_KEYS" else value.split(":")[0]
         assert secret not in logged, f"{name} appears in the logs"
     assert "payload-key-3d9f" not in logged
+
+
+CORE_WARNING = """
+import asyncio, os
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+from videogen import logs, sdk_metrics
+from videogen.devserver import DevServer, free_port
+
+logs.configure()
+
+@activity.defn
+async def noop() -> None: ...
+
+async def main() -> None:
+    server = DevServer(port=free_port(), ui_port=None).start()
+    client = await Client.connect(server.address, runtime=sdk_metrics.runtime())
+    async with Worker(client, task_queue="core-logs", activities=[noop]):
+        server.stop()  # the worker's polls fail from here on: the SDK core warns
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_the_sdk_cores_warnings_are_json_log_lines(tmp_path: Path) -> None:
+    env = {**os.environ, "VIDEOGEN_LOG_FORMAT": "json"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CORE_WARNING],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    lines: list[str] = []
+    try:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            line = child.stdout.readline()
+            lines.append(line)
+            if '"temporalio.core' in line or not line:
+                break
+    finally:
+        child.kill()
+        child.wait(10)
+    core = [json.loads(line) for line in lines if '"temporalio.core' in line]
+    assert core, f"no warning of the SDK core came through logging: {lines[-5:]}"
+    assert core[0]["level"] == "warning" and "poll" in core[0]["event"]
+    assert "temporal_log" not in core[0]
+    assert not any("\x1b[" in line for line in lines), "coloured text in the log stream"

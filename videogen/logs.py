@@ -49,6 +49,8 @@ def _temporal_context(_: Any, __: str, event: MutableMapping[str, Any]) -> Mappi
             for name in ("attempt", "workflow_type", "activity_type"):
                 if name in ctx:
                     event.setdefault(name, ctx[name])
+    # The SDK core's forwarded entry object: its text is already the message.
+    event.pop("temporal_log", None)
     for key, value in _STATIC.items():
         event.setdefault(key, value)
     return event
