@@ -74,6 +74,8 @@ async def start(
         "retention_s": req.retention_s,
         "webhook_url": req.webhook_url,
     }
+    if req.deadline_s:
+        memo["deadline_s"] = req.deadline_s
     policies: dict[str, Any] = {}
     if idempotent:
         # USE_EXISTING joins a running workflow of this id (concurrent retries of one request);

@@ -67,6 +67,8 @@ async def to_video(
         metadata=memo.get("metadata") or {},
         total_steps=memo["num_inference_steps"],
     )
+    if memo.get("deadline_s"):
+        video.deadline_at = int(ex.start_time.timestamp() + memo["deadline_s"])
     status = ex.status
     if status == WorkflowExecutionStatus.RUNNING:
         state = await query_state(handle) if live else None
@@ -133,10 +135,12 @@ def just_started(req: c.VideoRequest) -> Video:
     """The Video object of the job this request has just started, as a read of it would show
     it now, without the read: one Temporal round trip less per submission. `created_at` is
     this replica's clock, the workflow's start time is the server's."""
+    now = int(time.time())
     return Video(
         id=req.job_id,
         status=c.Status.QUEUED,
-        created_at=int(time.time()),
+        created_at=now,
+        deadline_at=now + int(req.deadline_s) if req.deadline_s else None,
         model=req.requested_model or req.model,
         model_version=c.model_ref(req.model, req.model_version),
         prompt=req.prompt,

@@ -11,6 +11,7 @@ from videogen import contracts as c
 
 MAX_PROMPT = 4000
 MAX_METADATA_KEYS = 16
+MAX_DEADLINE_S = 7 * 24 * 3600
 
 
 class CreateVideoBody(BaseModel):
@@ -36,6 +37,14 @@ class CreateVideoBody(BaseModel):
     seed: int | None = Field(None, ge=0, le=catalog.MAX_SEED)
     negative_prompt: str = Field("", max_length=MAX_PROMPT)
     num_inference_steps: int | None = Field(None, ge=1, le=catalog.MAX_STEPS)
+    expires_after_s: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_DEADLINE_S,
+        description="A deadline, in seconds after submission: a job not started on a GPU by "
+        "then ends without using one, one still rendering is stopped; both fail with code "
+        "deadline_exceeded. Default: none.",
+    )
     webhook_url: str | None = None
     webhook_events: list[str] | None = Field(
         None,
@@ -126,6 +135,8 @@ class Video(BaseModel):
     # Queued jobs only: jobs ahead of this one, and when it should start (Unix time).
     queue_position: int | None = None
     estimated_start_at: int | None = None
+    # Jobs created with `expires_after_s`: when they fail if not done (Unix time).
+    deadline_at: int | None = None
     frames_sha256: str | None = Field(
         None,
         description="Completed jobs: sha256 of the generated frames' raw RGB bytes. Equal "

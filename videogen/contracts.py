@@ -82,6 +82,8 @@ class ErrorCode(StrEnum):
     WEBHOOK_UNSAFE = "UnsafeWebhookURL"
     WEBHOOK_REDIRECT = "WebhookRedirect"
     WEBHOOK_GONE = "WebhookGone"
+    # The job's own deadline (`expires_after_s`) passed: before a GPU took it, or mid-render.
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 NON_RETRYABLE_ERRORS = [ErrorCode.INVALID_INPUT.value, ErrorCode.MODEL_MISMATCH.value]
@@ -238,6 +240,8 @@ class VideoRequest:
     cold_start_after_s: float = 0.0
     # No worker has polled the warm queue lately (checked at submission): start cold at once.
     cold_start_now: bool = False
+    # Seconds after submission by which the job must be done (0: none); `expires_after_s`.
+    deadline_s: float = 0.0
 
 
 # Hex digits of a weights version shown in references ('model@version') and warm queue names:

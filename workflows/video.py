@@ -70,6 +70,7 @@ PROGRESS_ENCODING = 95
 class VideoGeneration:
     def __init__(self) -> None:
         self._state = c.JobStatus()
+        self._deadline_passed = False
 
     @workflow.query(name=c.QUERY_STATUS)
     def status(self) -> c.JobStatus:
@@ -132,7 +133,7 @@ class VideoGeneration:
             # A task of this workflow (deterministic: it runs on the workflow's event loop).
             self._progress_task = asyncio.create_task(self._progress_webhooks(req))
         try:
-            gen = await self._generate(req)
+            gen = await self._generate_in_time(req)
             if self._state.status == c.Status.QUEUED:  # finished before its first signal arrived
                 self._change(status=c.Status.IN_PROGRESS)
             self._change(
@@ -161,6 +162,8 @@ class VideoGeneration:
             )
             await self._cleanup(req, remove_outputs=False)
         except (asyncio.CancelledError, ActivityError) as err:
+            if self._deadline_passed:
+                raise await self._fail(req, *self._past_deadline(req)) from err
             if is_cancelled_exception(err):
                 # The GPU activity was cancelled and has stopped (WAIT_CANCELLATION_COMPLETED):
                 # clean up what it left, then end the workflow as cancelled.
@@ -170,16 +173,7 @@ class VideoGeneration:
                 _ended(req, c.Status.CANCELLED)
                 raise
             assert isinstance(err, ActivityError)
-            code, message = _describe_failure(err)
-            self._change(
-                status=c.Status.FAILED,
-                phase=c.Phase.FAILED,
-                error=c.JobError(code=code, message=message),
-            )
-            await self._cleanup(req, remove_outputs=True)
-            await self._notify(req, c.Status.FAILED)
-            _ended(req, c.Status.FAILED, code=code)
-            raise ApplicationError(message, type=code, non_retryable=True) from err
+            raise await self._fail(req, *_describe_failure(err)) from err
 
         result = c.JobResult(
             video=encoded,
@@ -216,6 +210,44 @@ class VideoGeneration:
             generation_seconds=round(gen.generation_seconds, 3),
         )
         return result
+
+    async def _fail(self, req: c.VideoRequest, code: str, message: str) -> ApplicationError:
+        """End the job as failed: its state, its files, its webhook; the error to raise."""
+        self._change(
+            status=c.Status.FAILED,
+            phase=c.Phase.FAILED,
+            error=c.JobError(code=code, message=message),
+        )
+        await self._cleanup(req, remove_outputs=True)
+        await self._notify(req, c.Status.FAILED)
+        _ended(req, c.Status.FAILED, code=code)
+        return ApplicationError(message, type=code, non_retryable=True)
+
+    async def _generate_in_time(self, req: c.VideoRequest) -> c.GenerateOutput:
+        """The GPU phase, within the job's deadline if it has one (`expires_after_s`): at the
+        deadline it is cancelled, so a job no GPU took never uses one, and a render still
+        going stops at its next step (the GPU is free at once)."""
+        if not req.deadline_s:
+            return await self._generate(req)
+        elapsed = (workflow.now() - workflow.info().workflow_start_time).total_seconds()
+        generating = asyncio.create_task(self._generate(req))
+        done, _ = await workflow.wait([generating], timeout=max(0.0, req.deadline_s - elapsed))
+        if not done:
+            self._deadline_passed = True
+            generating.cancel()
+        return await generating
+
+    def _past_deadline(self, req: c.VideoRequest) -> tuple[str, str]:
+        s = self._state
+        if s.status == c.Status.QUEUED:
+            return c.ErrorCode.DEADLINE_EXCEEDED, (
+                f"not started within its deadline ({req.deadline_s:g} s after submission): no "
+                "GPU was free in time, and it used none"
+            )
+        return c.ErrorCode.DEADLINE_EXCEEDED, (
+            f"stopped at step {s.step} of {s.total_steps}: its deadline "
+            f"({req.deadline_s:g} s after submission) passed while it rendered"
+        )
 
     async def _generate(self, req: c.VideoRequest) -> c.GenerateOutput:
         """The GPU phase. With cold-start routing, a job (or a retry of it) that no warm worker

@@ -185,6 +185,7 @@ def _build_request(
         webhook_url=body.webhook_url or "",
         webhook_events=body.webhook_events or [],
         retention_s=settings.retention_s,
+        deadline_s=float(body.expires_after_s or 0),
         requested_model=resolved.asked,
         model_version=served.version,
         **_cold_route(settings, reg, key.tier),
