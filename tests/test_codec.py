@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,6 +291,35 @@ async def test_the_temporal_web_ui_shows_the_prompt_through_the_codec(
             driver.save_screenshot(str(ARTIFACTS / "temporal-web-ui.png"))
     finally:
         driver.quit()
+
+
+def test_the_temporal_cli_shows_the_prompt_through_the_codec(
+    cstack: Stack, capi: httpx.Client
+) -> None:
+    prompt = f"a copper bell {uuid.uuid4().hex}"
+    job = completed_job(capi, prompt)
+    show = [
+        str(Path(sys.executable).parent / "temporal"),
+        "workflow",
+        "show",
+        "--workflow-id",
+        job,
+        "--address",
+        f"127.0.0.1:{cstack.temporal_port}",
+        "--output",
+        "json",
+    ]
+    plain = subprocess.run(show, capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    assert prompt not in plain.stdout
+    assert base64.b64encode(codec.ENCODING).decode() in plain.stdout  # metadata as base64
+    codec_endpoint = ["--codec-endpoint", f"{cstack.api_url}/codec"]
+    decoded = subprocess.run([*show, *codec_endpoint], capture_output=True, text=True, timeout=60)
+    assert decoded.returncode == 0, decoded.stderr
+    # Payloads are printed as protobuf JSON: the data of the decoded input, as base64.
+    started = json.loads(decoded.stdout)["events"][0]["workflowExecutionStartedEventAttributes"]
+    [request] = started["input"]["payloads"]
+    assert prompt in base64.b64decode(request["data"]).decode()
 
 
 def test_videogen_replay_replays_an_encrypted_history(
