@@ -143,7 +143,7 @@ def test_the_embedded_web_ui_is_pointed_at_the_codec_endpoint(tmp_path: Path) ->
 
 
 def _request(client: str, authorization: str | None = None) -> Request:
-    headers = [(b"authorization", authorization.encode())] if authorization else []
+    headers = [(b"authorization", authorization.encode("latin-1"))] if authorization else []
     return Request({"type": "http", "headers": headers, "client": (client, 5000)})
 
 
@@ -153,7 +153,8 @@ def test_outside_the_embedded_stack_only_the_operator_key_decodes(
     monkeypatch.setattr(codec_router, "is_embedded", lambda: False)
     with_key = Settings(admin_key="operator-key")
     codec_router._authorise(_request("10.0.0.7", "Bearer operator-key"), with_key)
-    for req in (_request("10.0.0.7"), _request("127.0.0.1"), _request("1.2.3.4", "Bearer x")):
+    others = (_request("10.0.0.7"), _request("127.0.0.1"), _request("1.2.3.4", "Bearer x"))
+    for req in (*others, _request("1.2.3.4", "Bearer op\xe9rator")):
         with pytest.raises(ApiError, match="operator key") as err:
             codec_router._authorise(req, with_key)
         assert err.value.status == 401

@@ -8,9 +8,10 @@ attributes stay plaintext and hold no prompt (docs/security.md).
 
 Keys come from `VIDEOGEN_PAYLOAD_KEYS`: `id:base64-key` pairs, comma-separated, each key 32
 random bytes (`videogen key payload` makes one). The first encrypts; all of them decrypt, so a
-rotation puts the new key first and keeps the old ones for as long as jobs written with them
-are kept. Each encrypted payload names its key id in its metadata, and the id is bound to the
-ciphertext (as associated data), so a payload cannot be passed off under another key.
+rotation adds the new key, then moves it first, and keeps the old ones for as long as jobs
+written with them are kept (docs/security.md). Each encrypted payload names its key id in its
+metadata, and the id is bound to the ciphertext (as associated data), so a payload cannot be
+passed off under another key.
 
 A payload that is not encrypted is passed through as it is: histories recorded before
 encryption was turned on still replay and read.

@@ -55,7 +55,9 @@ def _cors(request: Request, settings: Settings, response: Response) -> Response:
 
 def _authorise(request: Request, settings: Settings) -> None:
     header = request.headers.get("authorization", "")
-    if settings.admin_key and hmac.compare_digest(header, f"Bearer {settings.admin_key}"):
+    expected = f"Bearer {settings.admin_key}".encode()
+    # As bytes: a header may hold any latin-1 character, which str comparison refuses.
+    if settings.admin_key and hmac.compare_digest(header.encode("latin-1"), expected):
         return
     client = request.client.host if request.client else ""
     if not header and is_embedded() and client in LOOPBACK:
