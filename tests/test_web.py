@@ -114,14 +114,28 @@ def fill(driver: WebDriver, prompt: str, **fields: str) -> None:
 
 
 def create(driver: WebDriver, prompt: str, **fields: str) -> WebElement:
-    """Submit the form; the new job's card (the first one)."""
-    before = len(driver.find_elements(By.CSS_SELECTOR, ".card"))
+    """Submit the form; the new job's card: a card that was not there, with this prompt (the
+    list of earlier videos may still be arriving too)."""
+    before = {job_id(c) for c in driver.find_elements(By.CSS_SELECTOR, ".card")}
     fill(driver, prompt, **fields)
     driver.find_element(By.ID, "create-button").click()
-    until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) > before)
-    card = driver.find_element(By.CSS_SELECTOR, ".card")
-    assert card.find_element(By.CSS_SELECTOR, ".prompt").text == prompt
-    return card
+
+    def new_card(d: WebDriver) -> WebElement | None:
+        for card in d.find_elements(By.CSS_SELECTOR, ".card"):
+            if job_id(card) not in before and text(card, ".prompt") == prompt:
+                return card
+        return None
+
+    found: list[WebElement] = []
+
+    def appeared(d: WebDriver) -> bool:
+        card = new_card(d)
+        if card is not None:
+            found.append(card)
+        return card is not None
+
+    until(driver, appeared)
+    return found[-1]
 
 
 def text(card: WebElement, part: str) -> str:

@@ -163,7 +163,8 @@ async function create(event) {
   button.textContent = "Creating…";
   try {
     const video = await api("/v1/videos", { method: "POST", body });
-    addCard(video, { first: true });
+    // The list of earlier videos, if it was still arriving, may have brought it already.
+    if (!state.cards.has(video.id)) addCard(video, { first: true });
   } catch (failure) {
     showError(failure.param, failure.message);
   } finally {
@@ -237,7 +238,12 @@ function detailLine(v) {
   return parts.join(" · ");
 }
 
+// queued, then in progress, then an end: a job never goes back. An answer that does (the
+// cancel's, read while the job was closing, arriving after the stream's final event) is stale.
+const RANK = { queued: 0, in_progress: 1, completed: 2, failed: 2, cancelled: 2 };
+
 function render(card, v) {
+  if (RANK[v.status] < RANK[card.video.status]) return;
   card.video = v;
   const q = (selector) => card.node.querySelector(selector);
   card.node.dataset.status = v.status;
