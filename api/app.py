@@ -24,6 +24,7 @@ from api import errors, openapi
 from api.fleet import FleetCache
 from api.routers import admin, codec, events, files, health, models, videos, web, webhooks
 from videogen import registry, tracing
+from videogen.codec import EncryptionCodec
 from videogen.settings import Settings
 from videogen.storage import open_store
 from videogen.temporal import connect_api, refuse_development_secrets
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = open_store(settings.resolved_storage_url)
         # Lazy: the API starts while Temporal is down and answers 503 until it is back.
         app.state.client = await connect_api(settings.payload_keyring)
+        # The codec endpoint's: built once, as the client's own.
+        app.state.codec = EncryptionCodec(settings.payload_keyring)
         app.state.fleet = FleetCache(settings.fleet_cache_s)
         yield
 

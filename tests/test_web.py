@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,6 @@ from videogen.settings import DEV_API_KEY
 from videogen.stack import Stack, gpu_worker_pid
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "web"
-BIN = Path(sys.executable).parent
 # Long enough to watch and to interrupt: about 15 s of denoising on 2 cores.
 WATCHED = {"size": "128x128", "seconds": "2", "steps": "60"}
 OTHER_KEY = "vg-web-other-key"

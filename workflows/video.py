@@ -163,7 +163,8 @@ class VideoGeneration:
             await self._cleanup(req, remove_outputs=False)
         except (asyncio.CancelledError, ActivityError) as err:
             if self._deadline_passed:
-                raise await self._fail(req, *self._past_deadline(req)) from err
+                code = c.ErrorCode.DEADLINE_EXCEEDED
+                raise await self._fail(req, code, self._past_deadline(req)) from err
             if is_cancelled_exception(err):
                 # The GPU activity was cancelled and has stopped (WAIT_CANCELLATION_COMPLETED):
                 # clean up what it left, then end the workflow as cancelled.
@@ -237,14 +238,15 @@ class VideoGeneration:
             generating.cancel()
         return await generating
 
-    def _past_deadline(self, req: c.VideoRequest) -> tuple[str, str]:
+    def _past_deadline(self, req: c.VideoRequest) -> str:
+        """What the deadline did: kept the job off a GPU, or stopped its render."""
         s = self._state
         if s.status == c.Status.QUEUED:
-            return c.ErrorCode.DEADLINE_EXCEEDED, (
+            return (
                 f"not started within its deadline ({req.deadline_s:g} s after submission): no "
                 "GPU was free in time, and it used none"
             )
-        return c.ErrorCode.DEADLINE_EXCEEDED, (
+        return (
             f"stopped at step {s.step} of {s.total_steps}: its deadline "
             f"({req.deadline_s:g} s after submission) passed while it rendered"
         )

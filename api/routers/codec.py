@@ -88,7 +88,7 @@ async def transcode(direction: Direction, request: Request, settings: SettingsDe
         raise ApiError(
             400, f"body: expected Temporal's Payloads as protobuf JSON ({err})", param="payloads"
         ) from None
-    coder = codec.EncryptionCodec(settings.payload_keyring)
+    coder: codec.EncryptionCodec = request.app.state.codec
     try:
         if direction == Direction.ENCODE:
             out = await coder.encode(payloads.payloads)
