@@ -14,6 +14,9 @@ Checkpoint/resume (docs/checkpoints.md):
 - worker shutdown (SIGTERM, spot notice) stops at the next step boundary, writes a checkpoint
   synchronously, heartbeats it and fails the attempt with a retryable `WorkerShutdown`, so the
   retry starts at once elsewhere and loses no step;
+- a job its tier lets yield (`max_yields`) reads its memo every `YIELD_POLL_S`: a yield request
+  accepted for this attempt (activities/preemption.py) ends it the same way, as `Yielded`,
+  after telling the workflow (phase `yielded`); the retry queues again at the job's priority;
 - NaN/Inf (`PoisonedStateError`) is never checkpointed: the attempt fails retryably and the
   worker is told to exit (`on_poisoned`) so it restarts with a freshly loaded model.
 
@@ -75,6 +78,9 @@ UPLOAD_MAX_BACKOFF_S = 10.0
 DESCRIBE_TIMEOUT_S = 3.0
 # How often the activity heartbeats while it waits on the store outside the denoising loop.
 WAIT_HEARTBEAT_S = 1.0
+# How often a job that may be made to yield reads its memo for a request (one describe call):
+# a request waits at most this long plus one step.
+YIELD_POLL_S = 1.0
 
 
 class _Stopped(Exception):
@@ -318,6 +324,7 @@ class DiffusionActivities:
         cancellation and poisoning into their endings. Returns the frames (bytes, sha256)."""
         signaller = _ProgressSignaller(req, run.attempt)
         await signaller.send(run.progress, force=True)
+        watch = _YieldWatch(req, run.attempt)
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=POLL_INTERVAL_S)
@@ -326,6 +333,13 @@ class DiffusionActivities:
                         "worker shutting down: checkpointing at the next step boundary",
                         step=run.progress.step,
                     )
+                    run.preempt.set()
+                if watch.requested() and not run.preempt.is_set():
+                    logger.info(
+                        "asked to yield: checkpointing at the next step boundary",
+                        step=run.progress.step,
+                    )
+                    run.yielding = True
                     run.preempt.set()
                 activity.heartbeat(run.details())
                 await signaller.send(run.progress)
@@ -342,6 +356,8 @@ class DiffusionActivities:
             result = work.result()
         except pipeline.PoisonedStateError as err:
             raise await self._poisoned(run, err, logger) from err
+        finally:
+            watch.close()
         # Heartbeating: with the store unreachable, the upload in flight may take its retries.
         await _heartbeating(asyncio.to_thread(run.writer.drain), run)
         if result is None:  # stopped for a preemption: hand the attempt over
@@ -655,7 +671,16 @@ class DiffusionActivities:
             step=state.next_step,
             checkpoint_step=at,
             lost_steps=lost,
+            yielded=run.yielding,
         )
+        if run.yielding:
+            await _signal_yielded(run, at)
+            raise ApplicationError(
+                f"yielded its GPU to a higher-priority job at step {state.next_step}; the retry "
+                f"resumes from step {at}",
+                type=c.ErrorCode.YIELDED,
+                next_retry_delay=PREEMPTED_RETRY_DELAY,
+            )
         raise ApplicationError(
             f"worker shut down at step {state.next_step}; the retry resumes from step {at}",
             type=c.ErrorCode.WORKER_SHUTDOWN,
@@ -786,6 +811,8 @@ class _Run:
     reused_from: int | None = None
     # An earlier attempt stored frames for every step, but they were unusable.
     prior_finished: bool = False
+    # Stopped to hand the GPU to a higher-priority job (not for a worker shutdown).
+    yielding: bool = False
 
     def __post_init__(self) -> None:
         self.cancel = threading.Event()
@@ -857,6 +884,7 @@ async def _last_interruption(
             kinds: dict[str, str] = {
                 c.ErrorCode.WORKER_SHUTDOWN: "graceful",
                 c.ErrorCode.POISONED: "poisoned",
+                c.ErrorCode.YIELDED: "yielded",
             }
             kind = kinds.get(failure.application_failure_info.type)
             if kind:
@@ -885,6 +913,67 @@ async def _is_current_attempt() -> bool:
 async def _workflow_closed() -> bool:
     desc = await _own_workflow()
     return desc is not None and desc.status != WorkflowExecutionStatus.RUNNING
+
+
+class _YieldWatch:
+    """Whether a yield request was accepted for this attempt: the job's memo, read every
+    `YIELD_POLL_S` in a task of its own (the supervising loop never waits on Temporal). Off
+    for a job its tier never lets yield."""
+
+    def __init__(self, req: c.VideoRequest, attempt: int) -> None:
+        self._on = req.max_yields > 0
+        self._attempt = attempt
+        self._reading: asyncio.Task[int] | None = None
+        self._next_at = 0.0
+
+    def requested(self) -> bool:
+        if not self._on:
+            return False
+        reading, now = self._reading, time.monotonic()
+        if reading is not None and reading.done():
+            self._reading = None
+            if (
+                not reading.cancelled()
+                and reading.exception() is None
+                and (reading.result() == self._attempt)
+            ):
+                return True
+        if self._reading is None and now >= self._next_at:
+            self._next_at = now + YIELD_POLL_S
+            self._reading = asyncio.create_task(_yield_attempt())
+        return False
+
+    def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+
+
+async def _yield_attempt() -> int:
+    """The attempt asked to yield, from the workflow's memo (0: none, or unknown)."""
+    desc = await _own_workflow()
+    if desc is None:
+        return 0
+    return int(await desc.memo_value(c.MEMO_YIELD_ATTEMPT, 0))
+
+
+async def _signal_yielded(run: _Run, at: int) -> None:
+    """Tell the workflow before the attempt fails (phase `yielded`, the yield counted); a
+    late signal would come after the retry's first report and be dropped as stale."""
+    update = c.ProgressUpdate(
+        attempt=run.attempt,
+        phase=c.Phase.YIELDED,
+        step=at,
+        total_steps=run.progress.total,
+        resumed_from_step=run.progress.resumed_from,
+        wasted_steps=run.progress.wasted,
+    )
+    try:
+        handle = activity.client().get_workflow_handle(activity.info().workflow_id or "")
+        await asyncio.wait_for(handle.signal(c.SIGNAL_PROGRESS, update), DESCRIBE_TIMEOUT_S)
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:  # the yield itself must not fail on it: the job goes on
+        log.warning("yield signal failed", job_id=run.job_id, error=str(err))
 
 
 class _ProgressSignaller:

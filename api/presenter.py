@@ -95,6 +95,7 @@ async def to_video(
             video.attempt = result.attempt
             video.resumed_from_step = result.resumed_from_step
             video.wasted_steps = result.wasted_steps
+            video.yields = result.yields
             video.frames_sha256 = result.video.frames_sha256 or None
             video.video_sha256 = result.video.video_sha256
     elif status == WorkflowExecutionStatus.CANCELED:
@@ -177,6 +178,7 @@ def apply_state(video: Video, s: c.JobStatus) -> None:
     video.attempt = s.attempt
     video.resumed_from_step = s.resumed_from_step
     video.wasted_steps = s.wasted_steps
+    video.yields = s.yields
 
 
 async def _failure(handle: WorkflowHandle, status: WorkflowExecutionStatus | None) -> VideoError:

@@ -132,6 +132,8 @@ class Video(BaseModel):
     resumed_from_step: int | None = None
     # Steps computed by attempts that were preempted and not saved by a checkpoint.
     wasted_steps: int = 0
+    # Times it handed its GPU to a higher-priority job (phase "yielded" while it waits again).
+    yields: int = 0
     # Queued jobs only: jobs ahead of this one, and when it should start (Unix time).
     queue_position: int | None = None
     estimated_start_at: int | None = None

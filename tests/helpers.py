@@ -363,3 +363,28 @@ def tiny_variant(dst: Path) -> Path:
     data[-1] ^= 0x01  # the tensor data ends the file: its header stays valid
     weights.write_bytes(bytes(data))
     return dst
+
+
+def activity_events(history: Any, activity: str, event_type: int) -> list[Any]:
+    """The history's events of `event_type` (an `EventType`) that belong to activity
+    `activity`: its scheduled events themselves, or the started/completed/... events of them."""
+    from temporalio.api.enums.v1 import EventType
+
+    scheduled = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == activity
+    ]
+    if event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        return scheduled
+    ids = {e.event_id for e in scheduled}
+    attrs = {
+        EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED: "activity_task_started_event_attributes",
+        EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
+    }[event_type]
+    return [
+        e
+        for e in history.events
+        if e.event_type == event_type and getattr(e, attrs).scheduled_event_id in ids
+    ]

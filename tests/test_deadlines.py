@@ -9,7 +9,7 @@ import uuid
 
 import httpx
 import pytest
-from helpers import direct_request, submit, wait_for
+from helpers import activity_events, direct_request, submit, wait_for
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -30,18 +30,8 @@ async def client(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Client:
 
 async def gpu_attempts_started(client: Client, job: str) -> int:
     history = await client.get_workflow_handle(job).fetch_history()
-    scheduled = {
-        e.event_id
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and e.activity_task_scheduled_event_attributes.activity_type.name == c.ACTIVITY_GENERATE
-    }
-    return sum(
-        1
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
-    )
+    started = EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    return len(activity_events(history, c.ACTIVITY_GENERATE, started))
 
 
 @pytest.mark.parametrize(

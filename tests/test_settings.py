@@ -77,6 +77,23 @@ def test_tiers_come_from_json_and_are_checked(monkeypatch: pytest.MonkeyPatch) -
         Settings()
 
 
+def test_tier_preemption_settings_are_checked_and_reach_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from api.routers.videos import _preemption
+
+    tiers = '{"paid": {"priority": 2, "max_wait_s": 30}, "free": {"priority": 4, "max_yields": 3}}'
+    monkeypatch.setenv("VIDEOGEN_TIERS", tiers)
+    s = Settings(api_keys="p:ann:paid,f:bo:free")
+    assert _preemption(s.tiers["paid"]) == {"preempt_after_s": 30.0}
+    assert _preemption(s.tiers["free"]) == {"max_yields": 3, "min_run_s": 30.0}
+    for bad in ('{"max_wait_s": -1}', '{"max_yields": -1}', '{"min_run_s": -5}'):
+        monkeypatch.setenv("VIDEOGEN_TIERS", f'{{"free": {bad}}}')
+        field = bad.split('"')[1]
+        with pytest.raises(ValueError, match=f"{field}\n.*greater than or equal to 0"):
+            Settings()
+
+
 @pytest.mark.parametrize("user", ["o'brien", "x" * 65])
 def test_user_ids_are_plain_and_short(user: str) -> None:
     # They become visibility queries and Temporal fairness keys (at most 64 bytes).

@@ -101,6 +101,8 @@ def test_recorded_histories_exist() -> None:
         "cancelled",
         "cold_start",
         "deadline",
+        "yielded",
+        "made_room",
     }
 
 

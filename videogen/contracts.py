@@ -35,6 +35,14 @@ SIGNAL_PROGRESS = "report_progress"
 WEBHOOK_FINAL_EVENTS = ("video.completed", "video.failed", "video.cancelled")
 WEBHOOK_PROGRESS_EVENT = "video.progress"
 QUERY_STATUS = "status"
+# Priority preemption (docs/scheduling.md#priority-preemption): a job that waited past its
+# tier's `max_wait_s` runs `make_room` on the CPU queue, which asks a lower-priority running job
+# of its GPU queue to yield with the `request_yield` update. The accepted request is recorded in
+# the victim's memo under MEMO_YIELD_ATTEMPT (the attempt that is to yield), where its GPU
+# activity reads it.
+ACTIVITY_MAKE_ROOM = "make_room"
+UPDATE_YIELD = "request_yield"
+MEMO_YIELD_ATTEMPT = "yield_attempt"
 
 # Search attributes registered on the embedded dev server (see videogen.devserver).
 SA_USER = "VideogenUser"
@@ -74,6 +82,10 @@ class ErrorCode(StrEnum):
     # Retryable: the attempt ended early on purpose (preemption) or on a bad step (NaN/Inf);
     # the retry resumes from the last checkpoint. POISONED becomes final when it repeats.
     WORKER_SHUTDOWN = "WorkerShutdown"
+    # Asked to make room for a higher-priority job (priority preemption): same hand-over.
+    YIELDED = "Yielded"
+    # A `request_yield` the job refused (why: the message), recorded nowhere.
+    YIELD_REFUSED = "YieldRefused"
     POISONED = "PoisonedState"
     STORE_UNAVAILABLE = "StoreUnavailable"
     # The stored frames are not the ones the GPU attempt hashed: re-encoding cannot mend that.
@@ -113,6 +125,8 @@ class Phase(StrEnum):
     RESUMING = "resuming"
     DENOISING = "denoising"
     DECODING = "decoding"
+    # Handed its GPU to a higher-priority job at a checkpoint; queued again at its priority.
+    YIELDED = "yielded"
     ENCODING = "encoding"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -242,6 +256,12 @@ class VideoRequest:
     cold_start_now: bool = False
     # Seconds after submission by which the job must be done (0: none); `expires_after_s`.
     deadline_s: float = 0.0
+    # Priority preemption, from the job's tier (TierPolicy): unstarted this long, it asks a
+    # lower-priority running job to yield (0: it waits its turn); it may itself be made to
+    # yield `max_yields` times (0: never), each after running at least `min_run_s`.
+    preempt_after_s: float = 0.0
+    max_yields: int = 0
+    min_run_s: float = 0.0
 
 
 # Hex digits of a weights version shown in references ('model@version') and warm queue names:
@@ -351,6 +371,44 @@ class JobResult:
     wasted_steps: int = 0
     warm: bool = True
     model_load_seconds: float = 0.0
+    yields: int = 0
+
+
+@dataclass
+class YieldRequest:
+    """`request_yield` update: the waiting job that asks, and its priority key."""
+
+    by_job_id: str
+    priority: int
+
+
+@dataclass
+class YieldAnswer:
+    """The accepted request: the attempt that yields at its next step boundary."""
+
+    attempt: int
+    step: int
+
+
+@dataclass
+class MakeRoomInput:
+    """A job that waited past its `max_wait_s`: find it a GPU on `gpu_task_queue`."""
+
+    job_id: str
+    gpu_task_queue: str
+    model: str
+    priority: int
+    # Which of the job's requests this is (the update id: a retried activity asks again,
+    # never twice).
+    round: int = 1
+
+
+@dataclass
+class MakeRoomOutput:
+    """The job that agreed to yield (empty: none could), and why not where none did."""
+
+    victim_job_id: str = ""
+    reason: str = ""
 
 
 @dataclass
@@ -402,6 +460,8 @@ class JobStatus:
     wasted_steps: int = 0
     error: JobError | None = None
     result: JobResult | None = None
+    # Times the job handed its GPU to a higher-priority one (phase `yielded` while it waits).
+    yields: int = 0
 
 
 @dataclass

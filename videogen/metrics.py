@@ -40,9 +40,17 @@ RESUMES = Counter(
 )
 PREEMPTIONS = Counter(
     "videogen_preemptions_total",
-    "GPU attempts ended early: graceful (SIGTERM/spot notice) or poisoned (NaN), by the "
+    "GPU attempts ended early: graceful (SIGTERM/spot notice), yielded (to a higher-priority "
+    "job) or poisoned (NaN), by the "
     "region of the worker that lost the job; counted by the worker that resumes it.",
     ["kind", "region"],
+)
+YIELD_REQUESTS = Counter(
+    "videogen_yield_requests_total",
+    "Requests of jobs that waited past their tier's max_wait_s for a lower-priority job to "
+    "yield its GPU, by outcome: accepted, refused (every candidate refused) or none (no "
+    "lower-priority job running); counted by the CPU worker.",
+    ["outcome"],
 )
 PREEMPTION_RECOVERY_SECONDS = Histogram(
     "videogen_preemption_recovery_seconds",
@@ -146,7 +154,7 @@ def configure_gpu(
     """Label this process's GPU series (one GPU worker process per GPU). `utilization`: the
     device's own reading (NVML) where there is one, else the share of time busy with a job."""
     # Series exist from the start at 0, so rate() and increase() see the first preemption.
-    for kind in ("graceful", "poisoned"):
+    for kind in ("graceful", "yielded", "poisoned"):
         PREEMPTIONS.labels(kind, region)
     GPU_UTILIZATION.labels(worker, gpu_id).set_function(utilization or BUSY.fraction)
 

@@ -51,6 +51,21 @@ class TierPolicy(BaseModel):
     tier_concurrent: int = Field(0, ge=0, description="Queued or running jobs, whole tier.")
     # Its own GPU queue (and workers started with VIDEOGEN_WORKER_POOL=<tier>).
     dedicated_pool: bool = False
+    # Priority preemption (docs/scheduling.md#priority-preemption).
+    max_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds a job may wait unstarted before a running job of a lower-priority "
+        "tier on its GPU queue is asked to yield to it; 0: it waits its turn.",
+    )
+    max_yields: int = Field(
+        0, ge=0, description="Times one job may be made to yield its GPU; 0: never."
+    )
+    min_run_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a job's GPU attempt runs before it may be made to yield.",
+    )
 
 
 DEFAULT_TIERS: dict[str, TierPolicy] = {

@@ -14,6 +14,7 @@ import structlog
 from temporalio.worker import Worker
 
 from activities.postprocess import PostprocessActivities
+from activities.preemption import PreemptionActivities
 from activities.webhooks import WebhookActivities
 from videogen import metrics
 from videogen.settings import Settings
@@ -35,11 +36,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     client = await connect(wait_s=60, keys=settings.payload_keyring)
     acts = PostprocessActivities(store)
     hooks = WebhookActivities(settings.webhook_secret_key, allowed_hosts=settings.webhook_hosts)
+    room = PreemptionActivities(client)
     worker = Worker(
         client,
         task_queue=settings.cpu_task_queue,
         workflows=[VideoGeneration, WebhookDelivery, VideoRetention],
-        activities=[acts.encode_video, acts.cleanup_job, hooks.deliver_webhook],
+        activities=[acts.encode_video, acts.cleanup_job, hooks.deliver_webhook, room.make_room],
         # Encoding is CPU-bound (x264 on one thread each): more at once than cores only adds
         # latency to every job.
         max_concurrent_activities=os.cpu_count() or 1,

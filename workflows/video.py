@@ -10,8 +10,9 @@ that deletes its files when they expire (workflows/notify.py).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -65,12 +66,24 @@ PROGRESS_STARTING = 1
 PROGRESS_DECODING = 92
 PROGRESS_ENCODING = 95
 
+# A waiting job asks for room at most this many times (each after another `max_wait_s`): bounds
+# its history when every running job refuses (all at their yield limit, say).
+MAX_MAKE_ROOM = 20
+MAKE_ROOM_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+# The priority key a job started without one runs at (the server's default, mid-range).
+DEFAULT_PRIORITY = 3
+
 
 @workflow.defn(name=c.WORKFLOW_NAME)
 class VideoGeneration:
     def __init__(self) -> None:
         self._state = c.JobStatus()
         self._deadline_passed = False
+        self._req: c.VideoRequest | None = None
+        # When the current GPU attempt first reported (`min_run_s` counts from there), and the
+        # attempt asked to yield (0: none).
+        self._attempt_started_at: datetime | None = None
+        self._yield_attempt = 0
 
     @workflow.query(name=c.QUERY_STATUS)
     def status(self) -> c.JobStatus:
@@ -87,6 +100,11 @@ class VideoGeneration:
             return
         if s.status == c.Status.QUEUED:
             self._change(status=c.Status.IN_PROGRESS)
+        if update.attempt != s.attempt:
+            self._attempt_started_at = workflow.now()
+        if update.phase == c.Phase.YIELDED:
+            self._change(phase=c.Phase.YIELDED, yields=s.yields + 1)
+            return
         total = update.total_steps or s.total_steps
         if update.phase in (c.Phase.DENOISING, c.Phase.RESUMING) and total:
             span = PROGRESS_DECODING - PROGRESS_STARTING
@@ -104,6 +122,37 @@ class VideoGeneration:
             wasted_steps=max(s.wasted_steps, update.wasted_steps),
             progress=progress,
         )
+
+    @workflow.update(name=c.UPDATE_YIELD)
+    def request_yield(self, ask: c.YieldRequest) -> c.YieldAnswer:
+        """Accepted (see the validator): the current attempt hands its GPU over at its next
+        step boundary, and reads so from the memo."""
+        s = self._state
+        self._yield_attempt = s.attempt
+        workflow.upsert_memo({c.MEMO_YIELD_ATTEMPT: s.attempt})
+        workflow.logger.info(
+            "asked to yield", extra={"by_job_id": ask.by_job_id, "attempt": s.attempt}
+        )
+        return c.YieldAnswer(attempt=s.attempt, step=s.step)
+
+    @request_yield.validator
+    def _may_yield(self, ask: c.YieldRequest) -> None:
+        """Refused (nothing recorded in history) unless this job is denoising at a lower
+        priority than the asker's, has run `min_run_s` since its attempt started, has yields
+        left and is not already yielding."""
+        s, req = self._state, self._req
+        if req is None or s.status != c.Status.IN_PROGRESS or s.phase != c.Phase.DENOISING:
+            raise _refused(f"not denoising (phase {s.phase})")
+        own = _priority()
+        if own <= ask.priority:
+            raise _refused(f"priority {own} is not lower than the asker's {ask.priority}")
+        if s.yields >= req.max_yields:
+            raise _refused(f"yielded {s.yields} time(s); its tier allows {req.max_yields}")
+        if self._yield_attempt == s.attempt:
+            raise _refused(f"attempt {s.attempt} is already yielding")
+        ran = (workflow.now() - (self._attempt_started_at or workflow.now())).total_seconds()
+        if ran < req.min_run_s:
+            raise _refused(f"ran {ran:.1f} s of its attempt; must run {req.min_run_s:g} s")
 
     def _change(
         self, *, status: c.Status | None = None, gen_seconds: float | None = None, **fields: object
@@ -124,6 +173,7 @@ class VideoGeneration:
 
     @workflow.run
     async def run(self, req: c.VideoRequest) -> c.JobResult:
+        self._req = req
         self._state.total_steps = req.num_inference_steps
         # workflow.logger: silent while replaying; its lines carry workflow and run id.
         workflow.logger.info(
@@ -185,6 +235,7 @@ class VideoGeneration:
             wasted_steps=self._state.wasted_steps,
             warm=gen.warm,
             model_load_seconds=gen.model_load_seconds,
+            yields=self._state.yields,
         )
         self._change(
             status=c.Status.COMPLETED,
@@ -296,8 +347,61 @@ class VideoGeneration:
     async def _offer(
         self, req: c.VideoRequest, base: int, start_timeout: timedelta | None
     ) -> c.GenerateOutput:
-        s = self._state
+        """The GPU activity; for a tier that preempts, with room made for it (`_make_room`)
+        while it waits unstarted."""
+        gpu = self._start_gpu(req, base, start_timeout)
+        if not req.preempt_after_s or self._state.status != c.Status.QUEUED:
+            return await gpu
+        making_room = asyncio.create_task(self._make_room(req, gpu))
+        try:
+            return await gpu
+        finally:
+            making_room.cancel()
+
+    async def _make_room(self, req: c.VideoRequest, gpu: asyncio.Future[Any]) -> None:
+        """Each `preempt_after_s` the job waits unstarted, ask the CPU queue to have a
+        lower-priority running job of its GPU queue yield. The GPU queue is ordered by
+        priority, so the GPU freed goes to this job (or to one of higher priority still)."""
+
+        def started() -> bool:
+            return gpu.done() or self._state.status != c.Status.QUEUED
+
+        for n in range(1, MAX_MAKE_ROOM + 1):
+            try:
+                await workflow.wait_condition(started, timeout=req.preempt_after_s)
+                return
+            except builtins.TimeoutError:  # not temporalio's TimeoutError (imported here)
+                pass
+            try:
+                room = await self._ask_for_room(req, n)
+            except ActivityError as err:  # no room this round; the job keeps its place
+                workflow.logger.warning("make_room failed", extra={"error": str(err.cause)})
+                continue
+            workflow.logger.info(
+                "asked for room", extra={"victim": room.victim_job_id, "reason": room.reason}
+            )
+
+    async def _ask_for_room(self, req: c.VideoRequest, n: int) -> c.MakeRoomOutput:
         return await workflow.execute_activity(
+            c.ACTIVITY_MAKE_ROOM,
+            c.MakeRoomInput(
+                job_id=req.job_id,
+                gpu_task_queue=req.gpu_task_queue,
+                model=req.model,
+                priority=_priority(),
+                round=n,
+            ),
+            result_type=c.MakeRoomOutput,
+            task_queue=req.cpu_task_queue,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=MAKE_ROOM_RETRY,
+        )
+
+    def _start_gpu(
+        self, req: c.VideoRequest, base: int, start_timeout: timedelta | None
+    ) -> asyncio.Future[c.GenerateOutput]:
+        s = self._state
+        return workflow.start_activity(
             c.ACTIVITY_GENERATE,
             c.GenerateInput(
                 request=req,
@@ -415,6 +519,14 @@ def _ended(req: c.VideoRequest, outcome: c.Status, **fields: object) -> None:
     workflow.logger.info(
         "job %s", outcome, extra={"outcome": outcome, "model": req.model, **fields}
     )
+
+
+def _refused(message: str) -> ApplicationError:
+    return ApplicationError(message, type=c.ErrorCode.YIELD_REFUSED, non_retryable=True)
+
+
+def _priority() -> int:
+    return workflow.info().priority.priority_key or DEFAULT_PRIORITY
 
 
 def _not_picked_up(err: ActivityError) -> bool:

@@ -36,7 +36,7 @@ from videogen import contracts as c
 from videogen import webhooks
 from videogen.catalog import ModelSpec
 from videogen.registry import Registry, UnknownModel
-from videogen.settings import ApiKey, Settings
+from videogen.settings import ApiKey, Settings, TierPolicy
 from videogen.storage import ObjectStore
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -186,10 +186,22 @@ def _build_request(
         webhook_events=body.webhook_events or [],
         retention_s=settings.retention_s,
         deadline_s=float(body.expires_after_s or 0),
+        **_preemption(settings.tiers[key.tier]),
         requested_model=resolved.asked,
         model_version=served.version,
         **_cold_route(settings, reg, key.tier),
     )
+
+
+def _preemption(policy: TierPolicy) -> dict[str, Any]:
+    """The tier's preemption settings, only where they are on (the workflow input stays as
+    before for tiers without them)."""
+    fields: dict[str, Any] = {}
+    if policy.max_wait_s:
+        fields["preempt_after_s"] = policy.max_wait_s
+    if policy.max_yields:
+        fields.update(max_yields=policy.max_yields, min_run_s=policy.min_run_s)
+    return fields
 
 
 def _cold_route(settings: Settings, reg: Registry, tier: str) -> dict[str, Any]:
