@@ -19,11 +19,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import results, service
+from benchmarks import priority, results, service
 from benchmarks.results import Benchmark
 from benchmarks.service import Driver, Runs
 
-NAMES = ("adherence", "checkpoint", "pickup", "overhead", "cancel", "admission", "recovery")
+NAMES = (
+    "adherence",
+    "checkpoint",
+    "pickup",
+    "overhead",
+    "cancel",
+    "admission",
+    "recovery",
+    "priority",
+)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 DEFAULT_STACK = (
@@ -44,6 +53,7 @@ TITLES = {
     "cancel": "Cancel latency",
     "admission": "Admission throughput",
     "recovery": "Recovery after SIGTERM / SIGKILL of the GPU worker",
+    "priority": "Paid queue wait behind free renders, with and without priority preemption",
 }
 
 METHODS = {
@@ -109,6 +119,17 @@ METHODS = {
         "The killed worker is restarted and has loaded its model before the next run; the "
         "signals alternate."
     ),
+    "priority": (
+        "One GPU worker kept busy by free renders (priority 4, may yield, min_run_s 1 s), two "
+        "always queued behind the running one. Paid jobs (priority 2) arrive one at a time, "
+        "1-4 s apart, in alternating rounds of two tiers on the same GPU queue: one with "
+        "max_wait_s 1 s (preemption), one without. Wait: the paid job's GPU attempt start "
+        "minus its workflow start (server times). Yield costs from the GPU worker's log lines: "
+        "hand-over, from reading the request to the attempt's end (it finishes and keeps the "
+        "step in flight, then writes a checkpoint); resume, from the next attempt's start to "
+        "its first step done (restore plus one step). Both are upper bounds of the GPU time "
+        "a yield loses."
+    ),
 }
 
 
@@ -138,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _runs(args: argparse.Namespace) -> tuple[Runs, int]:
     runs = (
-        Runs(pickup=10, cancel=3, recovery=1, admission_seconds=5, admission_clients=8)
+        Runs(pickup=10, cancel=3, recovery=1, admission_seconds=5, admission_clients=8, priority=1)
         if args.quick
         else Runs()
     )
@@ -278,6 +299,17 @@ def main(argv: list[str] | None = None) -> int:
             (benches["recovery"], lambda: service.recovery(d, runs.recovery, benches["recovery"]))
         ],
     )
+    runner.on_stack(
+        ["priority"],
+        1,
+        priority.ENV,
+        lambda d: [
+            (benches["priority"], lambda: priority.priority(d, runs.priority, benches["priority"]))
+        ],
+    )
+    if "priority" in benches:
+        benches["priority"].config["stack"] = "embedded stack, 1 GPU worker, " + priority.CONFIG
+        runner.save()
     runner.save()
     failed = [b.name for b in benches.values() if b.error]
     print(

@@ -79,6 +79,7 @@ class Runs:
     recovery: int = 5
     admission_seconds: float = 15.0
     admission_clients: int = 8
+    priority: int = 5  # paid jobs per round and tier (2 rounds)
 
 
 def _tiers() -> str:
