@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from api import jobs
 from videogen import contracts as c
-from videogen.settings import ApiKey
+from videogen.settings import ApiKey, TierPolicy
 from videogen.stack import Stack
 from videogen.temporal import connect
 
@@ -96,3 +96,38 @@ async def test_a_render_running_at_its_deadline_is_stopped_and_frees_its_gpu(
     # The GPU worker is free again at once: the next job starts and completes.
     nxt = submit(api, seed=5)
     assert wait_for(api, nxt["id"], timeout_s=60)["status"] == "completed"
+
+
+async def test_a_batch_job_not_rendered_within_its_window_ends_window_expired(
+    stack: Stack, api: httpx.Client, client: Client
+) -> None:
+    req = direct_request(
+        stack,
+        gpu_task_queue=f"nobody-{uuid.uuid4().hex[:8]}",
+        deadline_s=2,
+        deadline_is_window=True,
+    )
+    await jobs.start(client, req, DEV)
+    v = wait_for(api, req.job_id, timeout_s=30)
+    assert v["status"] == "failed" and v["error"]["code"] == "window_expired", v
+    assert v["error"]["message"].startswith("not started within its tier's completion window (2 s")
+    assert await gpu_attempts_started(client, req.job_id) == 0
+
+
+@pytest.mark.parametrize(
+    ("window", "expires_after_s", "expected"),
+    [
+        (0, None, {"deadline_s": 0.0}),
+        (0, 60, {"deadline_s": 60.0}),
+        (3600, None, {"deadline_s": 3600, "deadline_is_window": True}),
+        (3600, 60, {"deadline_s": 60.0}),  # the sooner one binds, and names the code
+        (60, 3600, {"deadline_s": 60, "deadline_is_window": True}),
+    ],
+)
+def test_the_sooner_of_the_window_and_expires_after_s_is_the_deadline(
+    window: float, expires_after_s: int | None, expected: dict[str, object]
+) -> None:
+    from api.routers.videos import _deadline
+
+    policy = TierPolicy(priority=5, completion_window_s=window)
+    assert _deadline(policy, expires_after_s) == expected

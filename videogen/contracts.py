@@ -96,6 +96,8 @@ class ErrorCode(StrEnum):
     WEBHOOK_GONE = "WebhookGone"
     # The job's own deadline (`expires_after_s`) passed: before a GPU took it, or mid-render.
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    # The same for the completion window of a batch-like tier, when it comes first.
+    WINDOW_EXPIRED = "window_expired"
 
 
 NON_RETRYABLE_ERRORS = [ErrorCode.INVALID_INPUT.value, ErrorCode.MODEL_MISMATCH.value]
@@ -256,6 +258,8 @@ class VideoRequest:
     cold_start_now: bool = False
     # Seconds after submission by which the job must be done (0: none); `expires_after_s`.
     deadline_s: float = 0.0
+    # `deadline_s` is the tier's completion window (shorter than any `expires_after_s`).
+    deadline_is_window: bool = False
     # Priority preemption, from the job's tier (TierPolicy): unstarted this long, it asks a
     # lower-priority running job to yield (0: it waits its turn); it may itself be made to
     # yield `max_yields` times (0: never), each after running at least `min_run_s`.

@@ -66,12 +66,20 @@ class TierPolicy(BaseModel):
         ge=0,
         description="Seconds a job's GPU attempt runs before it may be made to yield.",
     )
+    completion_window_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds after submission by which a job must have rendered, else it "
+        "fails with window_expired (a batch tier); 0: no window.",
+    )
 
 
 DEFAULT_TIERS: dict[str, TierPolicy] = {
     "internal": TierPolicy(priority=1),
-    "paid": TierPolicy(priority=2, user_per_minute=60, user_concurrent=10),
-    "free": TierPolicy(priority=4, user_per_minute=10, user_concurrent=2),
+    "paid": TierPolicy(priority=2, user_per_minute=60, user_concurrent=10, max_wait_s=30),
+    "free": TierPolicy(priority=4, user_per_minute=10, user_concurrent=2, max_yields=3),
+    # Lowest priority, always preemptible, done within a day or not at all.
+    "batch": TierPolicy(priority=5, user_per_minute=60, max_yields=100, completion_window_s=86400),
 }
 
 
@@ -123,7 +131,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     api_keys: str = Field(
         f"{DEV_API_KEY}:dev:paid",
-        description="Comma-separated key:user:tier entries; tiers are internal, paid, free.",
+        description="Comma-separated key:user:tier entries; the default tiers are internal, paid, "
+        "free and batch (VIDEOGEN_TIERS).",
     )
     api_keys_file: Path | None = Field(
         None,

@@ -213,7 +213,11 @@ class VideoGeneration:
             await self._cleanup(req, remove_outputs=False)
         except (asyncio.CancelledError, ActivityError) as err:
             if self._deadline_passed:
-                code = c.ErrorCode.DEADLINE_EXCEEDED
+                code = (
+                    c.ErrorCode.WINDOW_EXPIRED
+                    if req.deadline_is_window
+                    else c.ErrorCode.DEADLINE_EXCEEDED
+                )
                 raise await self._fail(req, code, self._past_deadline(req)) from err
             if is_cancelled_exception(err):
                 # The GPU activity was cancelled and has stopped (WAIT_CANCELLATION_COMPLETED):
@@ -292,13 +296,14 @@ class VideoGeneration:
     def _past_deadline(self, req: c.VideoRequest) -> str:
         """What the deadline did: kept the job off a GPU, or stopped its render."""
         s = self._state
+        what = "its tier's completion window" if req.deadline_is_window else "its deadline"
         if s.status == c.Status.QUEUED:
             return (
-                f"not started within its deadline ({req.deadline_s:g} s after submission): no "
+                f"not started within {what} ({req.deadline_s:g} s after submission): no "
                 "GPU was free in time, and it used none"
             )
         return (
-            f"stopped at step {s.step} of {s.total_steps}: its deadline "
+            f"stopped at step {s.step} of {s.total_steps}: {what} "
             f"({req.deadline_s:g} s after submission) passed while it rendered"
         )
 

@@ -185,12 +185,20 @@ def _build_request(
         webhook_url=body.webhook_url or "",
         webhook_events=body.webhook_events or [],
         retention_s=settings.retention_s,
-        deadline_s=float(body.expires_after_s or 0),
+        **_deadline(settings.tiers[key.tier], body.expires_after_s),
         **_preemption(settings.tiers[key.tier]),
         requested_model=resolved.asked,
         model_version=served.version,
         **_cold_route(settings, reg, key.tier),
     )
+
+
+def _deadline(policy: TierPolicy, expires_after_s: int | None) -> dict[str, Any]:
+    """The job's deadline: `expires_after_s`, or its tier's completion window if sooner."""
+    window = policy.completion_window_s
+    if window and (not expires_after_s or window < expires_after_s):
+        return {"deadline_s": window, "deadline_is_window": True}
+    return {"deadline_s": float(expires_after_s or 0)}
 
 
 def _preemption(policy: TierPolicy) -> dict[str, Any]:
