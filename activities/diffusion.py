@@ -361,7 +361,7 @@ class DiffusionActivities:
         # Heartbeating: with the store unreachable, the upload in flight may take its retries.
         await _heartbeating(asyncio.to_thread(run.writer.drain), run)
         if result is None:  # stopped for a preemption: hand the attempt over
-            await self._preempted(run, logger)
+            await self._preempted(run, signaller, logger)
         return result
 
     async def _publish(
@@ -656,7 +656,10 @@ class DiffusionActivities:
         return run.writer.newest
 
     async def _preempted(
-        self, run: _Run, logger: structlog.typing.FilteringBoundLogger
+        self,
+        run: _Run,
+        signaller: _ProgressSignaller,
+        logger: structlog.typing.FilteringBoundLogger,
     ) -> NoReturn:
         """Checkpoint the stopped state synchronously, heartbeat it, fail retryably."""
         state = run.state
@@ -674,7 +677,10 @@ class DiffusionActivities:
             yielded=run.yielding,
         )
         if run.yielding:
-            await _signal_yielded(run, at)
+            # Told before the attempt fails: a late report would come after the retry's first
+            # one and be dropped as stale, and the yield would go uncounted.
+            run.progress.phase, run.progress.step = c.Phase.YIELDED, at
+            await signaller.send_now(run.progress)
             raise ApplicationError(
                 f"yielded its GPU to a higher-priority job at step {state.next_step}; the retry "
                 f"resumes from step {at}",
@@ -956,26 +962,6 @@ async def _yield_attempt() -> int:
     return int(await desc.memo_value(c.MEMO_YIELD_ATTEMPT, 0))
 
 
-async def _signal_yielded(run: _Run, at: int) -> None:
-    """Tell the workflow before the attempt fails (phase `yielded`, the yield counted); a
-    late signal would come after the retry's first report and be dropped as stale."""
-    update = c.ProgressUpdate(
-        attempt=run.attempt,
-        phase=c.Phase.YIELDED,
-        step=at,
-        total_steps=run.progress.total,
-        resumed_from_step=run.progress.resumed_from,
-        wasted_steps=run.progress.wasted,
-    )
-    try:
-        handle = activity.client().get_workflow_handle(activity.info().workflow_id or "")
-        await asyncio.wait_for(handle.signal(c.SIGNAL_PROGRESS, update), DESCRIBE_TIMEOUT_S)
-    except asyncio.CancelledError:
-        raise
-    except Exception as err:  # the yield itself must not fail on it: the job goes on
-        log.warning("yield signal failed", job_id=run.job_id, error=str(err))
-
-
 class _ProgressSignaller:
     """Sends progress to the workflow at most every `progress_interval_s`, phase changes at once.
 
@@ -1005,7 +991,25 @@ class _ProgressSignaller:
         if not (force or phase_changed or now - self._last_at >= self._req.progress_interval_s):
             return
         self._last, self._last_at = key, now
-        update = c.ProgressUpdate(
+        handle = self._handle()
+        if handle is not None:
+            self._inflight = asyncio.create_task(self._signal(handle, self._update(p)))
+
+    async def send_now(self, p: _Progress) -> None:
+        """Send `p` and wait until it is delivered (at most DESCRIBE_TIMEOUT_S): for a report
+        the workflow must have before the attempt ends."""
+        handle = self._handle()
+        if handle is None:
+            return
+        if self._inflight is not None:
+            await asyncio.wait({self._inflight}, timeout=DESCRIBE_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self._signal(handle, self._update(p)), DESCRIBE_TIMEOUT_S)
+        except TimeoutError:  # Temporal slow or away: the attempt still ends, uncounted
+            log.warning("progress signal timed out", job_id=self._req.job_id, phase=p.phase)
+
+    def _update(self, p: _Progress) -> c.ProgressUpdate:
+        return c.ProgressUpdate(
             attempt=self._attempt,
             phase=p.phase,
             step=p.step,
@@ -1013,13 +1017,16 @@ class _ProgressSignaller:
             resumed_from_step=p.resumed_from,
             wasted_steps=p.wasted,
         )
+
+    def _handle(self) -> WorkflowHandle[Any, Any] | None:
+        if not self._enabled:
+            return None
         try:
             client = activity.client()
         except RuntimeError:  # no client: an ActivityEnvironment without one (unit tests)
             self._enabled = False
-            return
-        handle = client.get_workflow_handle(activity.info().workflow_id or "")
-        self._inflight = asyncio.create_task(self._signal(handle, update))
+            return None
+        return client.get_workflow_handle(activity.info().workflow_id or "")
 
     async def _signal(self, handle: WorkflowHandle[Any, Any], update: c.ProgressUpdate) -> None:
         try:
