@@ -85,8 +85,16 @@ def test_tier_preemption_settings_are_checked_and_reach_the_request(
     tiers = '{"paid": {"priority": 2, "max_wait_s": 30}, "free": {"priority": 4, "max_yields": 3}}'
     monkeypatch.setenv("VIDEOGEN_TIERS", tiers)
     s = Settings(api_keys="p:ann:paid,f:bo:free")
-    assert _preemption(s.tiers["paid"]) == {"preempt_after_s": 30.0}
-    assert _preemption(s.tiers["free"]) == {"max_yields": 3, "min_run_s": 30.0}
+    assert _preemption(s.tiers["paid"]) == {
+        "preempt_after_s": 30.0,
+        "max_yields": 0,
+        "min_run_s": 30.0,
+    }
+    assert _preemption(s.tiers["free"]) == {
+        "preempt_after_s": 0.0,
+        "max_yields": 3,
+        "min_run_s": 30.0,
+    }
     for bad in ('{"max_wait_s": -1}', '{"max_yields": -1}', '{"min_run_s": -5}'):
         monkeypatch.setenv("VIDEOGEN_TIERS", f'{{"free": {bad}}}')
         field = bad.split('"')[1]

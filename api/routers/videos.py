@@ -202,14 +202,12 @@ def _deadline(policy: TierPolicy, expires_after_s: int | None) -> dict[str, Any]
 
 
 def _preemption(policy: TierPolicy) -> dict[str, Any]:
-    """The tier's preemption settings, only where they are on (the workflow input stays as
-    before for tiers without them)."""
-    fields: dict[str, Any] = {}
-    if policy.max_wait_s:
-        fields["preempt_after_s"] = policy.max_wait_s
-    if policy.max_yields:
-        fields.update(max_yields=policy.max_yields, min_run_s=policy.min_run_s)
-    return fields
+    """The tier's preemption settings, as the workflow input names them."""
+    return {
+        "preempt_after_s": policy.max_wait_s,
+        "max_yields": policy.max_yields,
+        "min_run_s": policy.min_run_s,
+    }
 
 
 def _cold_route(settings: Settings, reg: Registry, tier: str) -> dict[str, Any]:
