@@ -113,23 +113,22 @@ async def priority(d: service.Driver, per_round: int, bench: Benchmark) -> None:
     free_jobs: list[str] = []
     stop = asyncio.Event()
     flood = asyncio.create_task(_flood(apis[FREE_KEY], free_jobs, stop))
-    paid: dict[str, list[str]] = {"with preemption": [], "without preemption": []}
+    waits: dict[str, list[float]] = {"with preemption": [], "without preemption": []}
     try:
         await asyncio.sleep(3.0)  # the GPU busy, the queue filled
         for _ in range(ROUNDS):
             for label, key in (("without preemption", QUEUED_KEY), ("with preemption", PAID_KEY)):
                 for _ in range(per_round):
                     job = await _post(apis[key], {**PAID, "seed": rng.randrange(10**6)})
-                    paid[label].append(job)
-                    await _wait(d, job)  # one paid job at a time: each finds the GPU busy
+                    # One paid job at a time: each finds the GPU busy.
+                    waits[label].append(await _wait(d, job))
                     await asyncio.sleep(rng.uniform(1.0, 4.0))
     finally:
         stop.set()
         await flood
-    for label, jobs in paid.items():
-        waits = [await _wait(d, j) for j in jobs]
+    for label, values in waits.items():
         bench.add_distribution(
-            f"paid queue wait ({label})", waits, quantiles=(50, 95), config=CONFIG
+            f"paid queue wait ({label})", values, quantiles=(50, 95), config=CONFIG
         )
     for job in free_jobs:  # the rest of the flood is not needed
         await apis[FREE_KEY].post(f"/v1/videos/{job}/cancel")
